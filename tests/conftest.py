@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny random Llama with a local byte-level tokenizer, and config helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from sdft.models.builtin import build_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_model_dir):
+    from sdft.models.loading import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def math_rows(n: int, start: int = 0) -> list[dict]:
+    """Small arithmetic examples in the shipped data's layout (question/answer)."""
+    return [{"id": f"q{i}", "question": f"What is {i} plus {i + 1}?" + " Think." * (i % 3),
+             "answer": f"{i} + {i + 1} = {2 * i + 1}.\nThe answer is {2 * i + 1}."} for i in range(start, start + n)]
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_model_dir):
+    """A factory: write a tiny-run YAML under tmp_path and return (path, output_dir)."""
+
+    def make(n_train: int = 10, n_test: int = 4, **sections) -> tuple[Path, Path]:
+        import yaml
+
+        write_jsonl(tmp_path / "train.jsonl", math_rows(n_train))
+        write_jsonl(tmp_path / "test.jsonl", math_rows(n_test, start=100))
+        write_jsonl(tmp_path / "general.jsonl", [{"id": f"g{i}", "prompt": p} for i, p in
+                                                 enumerate(["Say hi.", "Name a color.", "Count to three."])])
+        out = tmp_path / "run"
+        cfg = {
+            "output_dir": str(out),
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"train": "train.jsonl", "test": "test.jsonl", "general_prompts": "general.jsonl",
+                     "instruction_field": "question", "output_field": "answer"},
+            "distill": {"template": "math", "batch_size": 3, "max_new_tokens": 8},
+            "filter": {"gates": ["ban_list", "math"]},
+            "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "lr": 1e-3,
+                      "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512},
+            "eval": {"max_new_tokens": 8, "batch_size": 4, "retention_max_new_tokens": 8},
+        }
+        for name, values in sections.items():
+            cfg.setdefault(name, {}).update(values) if isinstance(values, dict) else cfg.__setitem__(name, values)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path, out
+
+    return make
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m sdft`` in a subprocess (a real process, so SIGKILL tests are real)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "sdft", *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO)

@@ -1,0 +1,112 @@
+import csv
+import json
+
+import pytest
+
+from sdft.config.schema import DataConfig
+from sdft.data import DataError, content_id, load_examples
+
+ALPACA = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+          {"instruction": "Say hi.", "input": "", "output": "Hi!"}]
+
+
+def _write(path, rows, kind):
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif kind == "json":
+        path.write_text(json.dumps(rows))
+    elif kind == "csv":
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    elif kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif kind == "datasets":
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "datasets"])
+def test_every_file_kind_gives_the_same_examples(tmp_path, kind):
+    path = _write(tmp_path / (f"d.{kind}" if kind != "datasets" else "d_saved"), ALPACA, kind)
+    exs, report = load_examples(path, DataConfig())
+    assert report.loaded == 2 and report.skipped == 0
+    # The paper's preprocessing: a non-empty input is appended to the instruction after a newline.
+    assert exs[0].instruction == "Add the numbers.\n2 and 3" and exs[0].response == "5"
+    assert exs[1].instruction == "Say hi."
+    assert exs[0].id == content_id("Add the numbers.\n2 and 3", "5")
+
+
+def test_formats_and_configurable_field_names(tmp_path):
+    pr = _write(tmp_path / "pr.jsonl", [{"q": "Hi?", "a": "Hello.", "uid": 7}], "jsonl")
+    exs, _ = load_examples(pr, DataConfig(prompt_field="q", response_field="a", id_field="uid"))
+    assert (exs[0].id, exs[0].instruction, exs[0].response) == ("7", "Hi?", "Hello.")
+    msgs = _write(tmp_path / "m.jsonl", [{"messages": [{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "Hi?"},
+                                                       {"role": "assistant", "content": "Hello."}]}], "jsonl")
+    exs, _ = load_examples(msgs, DataConfig())
+    assert (exs[0].system, exs[0].instruction, exs[0].response) == ("Be brief.", "Hi?", "Hello.")
+
+
+def test_ids_are_stable_whatever_the_order(tmp_path):
+    a, _ = load_examples(_write(tmp_path / "a.jsonl", ALPACA, "jsonl"), DataConfig())
+    b, _ = load_examples(_write(tmp_path / "b.jsonl", ALPACA[::-1], "jsonl"), DataConfig())
+    assert {e.id: e.instruction for e in a} == {e.id: e.instruction for e in b}
+
+
+def test_identical_records_get_distinct_ids_and_explicit_duplicates_are_refused(tmp_path):
+    exs, _ = load_examples(_write(tmp_path / "d.jsonl", [ALPACA[1], ALPACA[1]], "jsonl"), DataConfig())
+    assert exs[0].id != exs[1].id and exs[1].id.startswith(exs[0].id)
+    rows = [{"id": "x", **ALPACA[0]}, {"id": "x", **ALPACA[1]}]
+    with pytest.raises(DataError, match=r"d2\.jsonl:2: duplicate id 'x' \(first at .*d2\.jsonl:1\)"):
+        load_examples(_write(tmp_path / "d2.jsonl", rows, "jsonl"), DataConfig())
+
+
+def test_malformed_line_is_named_or_skipped(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ALPACA[0]) + "\n{not json\n" + json.dumps(ALPACA[1]) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON.*data\.on_error=skip"):
+        load_examples(path, DataConfig())
+    exs, report = load_examples(path, DataConfig(on_error="skip"))
+    assert len(exs) == 2 and report.skipped == 1 and "bad.jsonl:2" in report.first_errors[0]
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    path = _write(tmp_path / "m.jsonl", [ALPACA[0], {"instruction": "x", "input": ""}], "jsonl")
+    with pytest.raises(DataError, match=r"m\.jsonl:2: missing field 'output'"):
+        load_examples(path, DataConfig())
+    csv_path = _write(tmp_path / "m.csv", [{"instruction": "a", "output": "b"}, {"instruction": "", "output": "c"}], "csv")
+    with pytest.raises(DataError, match=r"m\.csv:3: empty instruction"):
+        load_examples(csv_path, DataConfig())
+
+
+def test_unknown_layout_and_empty_and_missing_files(tmp_path):
+    with pytest.raises(DataError, match="cannot tell the record layout.*data.format"):
+        load_examples(_write(tmp_path / "u.jsonl", [{"text": "x"}], "jsonl"), DataConfig())
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"e\.jsonl: no usable examples"):
+        load_examples(tmp_path / "e.jsonl", DataConfig())
+    with pytest.raises(DataError, match="data file not found"):
+        load_examples(tmp_path / "nope.jsonl", DataConfig())
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_examples(tmp_path / "x.txt", DataConfig())
+
+
+def test_multi_turn_messages_are_refused_clearly(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}]
+    with pytest.raises(DataError, match=r"t\.jsonl:1: .*multi-turn"):
+        load_examples(_write(tmp_path / "t.jsonl", rows, "jsonl"), DataConfig())
+
+
+def test_limit_and_prompts_without_responses(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(5)], "jsonl")
+    exs, _ = load_examples(path, DataConfig(), limit=3, response_required=False)
+    assert [e.instruction for e in exs] == ["p0", "p1", "p2"] and exs[0].response == ""
