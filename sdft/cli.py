@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import yaml
@@ -73,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         for stage in COMMANDS[args.command]:
             stages.run(stage)
             stages.force = False  # --force clears the first stage and all after it; the rest then run fresh
-    except (DataError, StageError, TemplateError, ConfigError, FileNotFoundError) as e:
-        logging.getLogger("sdft").error("%s", e)
+    except (DataError, StageError, TemplateError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
+        # User-facing failures (bad data, mismatched outputs, missing stages) print one clear line;
+        # SDFT_DEBUG=1 shows the traceback.
+        if os.environ.get("SDFT_DEBUG"):
+            raise
+        logging.getLogger("sdft").error("%s: %s", type(e).__name__, e)
         return 1
     return 0
 

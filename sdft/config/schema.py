@@ -46,12 +46,19 @@ class DataConfig:
     id_field: str = "id"
     """Field with a stable example id; records without it get a content hash."""
     instruction_field: str = "instruction"
+    """alpaca layout: the instruction."""
     input_field: str = "input"
+    """alpaca layout: optional extra input, appended to the instruction after a newline."""
     output_field: str = "output"
+    """alpaca layout: the reference answer."""
     prompt_field: str = "prompt"
+    """prompt_response layout: the instruction."""
     response_field: str = "response"
+    """prompt_response layout: the reference answer."""
     messages_field: str = "messages"
+    """messages layout: a single-turn chat list (optional system, user, assistant)."""
     system_field: str = "system"
+    """Optional per-example system prompt (used by the chat template route)."""
     on_error: Literal["error", "skip"] = "error"
     """A malformed record (bad JSON, missing field): stop with an error naming file and line, or
     skip it and report the count."""
@@ -64,15 +71,25 @@ class DistillConfig:
     """Step 1: the seed model rewrites each reference answer. Defaults are the paper's."""
 
     template: Literal["using", "refer", "math", "chat"] = "using"
+    """Rewrite prompt: the paper's ``using`` (general data), ``refer`` (tool calls, code), ``math``
+    (with the forced "Great! Let's think step by step." prefix), or ``chat`` (the tokenizer's chat
+    template, instruction and reference in a user turn)."""
     batch_size: int = 8
+    """Prompts per generate call (sorted by length, left-padded)."""
     max_new_tokens: int = 512
+    """Longest rewrite, in tokens."""
     do_sample: bool = True
+    """Sample (the paper) or decode greedily."""
     temperature: float = 0.95
+    """Sampling temperature."""
     top_p: float = 0.7
+    """Nucleus sampling mass."""
     top_k: int = 50
+    """Top-k sampling cut."""
     cutoff_len: int = 1024
     """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
     seed: int = 42
+    """Sampling seed; batch ``i`` uses ``seed + i``."""
 
 
 @dataclass
@@ -88,33 +105,51 @@ class TrainConfig:
     """Step 3: supervised fine-tuning on the filtered data. Defaults are the paper's LoRA recipe."""
 
     method: Literal["lora", "full"] = "lora"
+    """``lora``: train adapters only; ``full``: train every weight."""
     template: Literal["alpaca", "math", "math_infer", "chat"] = "alpaca"
+    """Task template for training (the rewrite template is never used here)."""
     lora_r: int = 8
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA scale numerator (scale = alpha / r)."""
     lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Module names to adapt, or ["all-linear"]."""
     lr: float = 1e-4
+    """Peak AdamW learning rate."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: run ``epochs``)."""
     micro_batch_size: int = 2
+    """Examples per forward/backward."""
     grad_accum: int = 4
+    """Micro-batches per optimizer step (effective batch = micro_batch_size x grad_accum)."""
     warmup_ratio: float = 0.0
+    """Fraction of steps with linear warmup."""
     lr_scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    """Learning-rate schedule after warmup."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: bfloat16 autocast for forward/backward; weights and optimizer stay in model.dtype."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
     cutoff_len: int = 1024
+    """Longest training example (prompt + response), in tokens."""
     overlength: Literal["skip", "error"] = "skip"
     """An example longer than ``cutoff_len``: skip it (counted and reported) or stop with an error."""
     save_every: int = 0
     """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
     logging_steps: int = 1
+    """Log loss / lr / grad norm every N steps."""
     seed: int = 42
+    """Seed of the data order, LoRA init and dropout."""
 
 
 @dataclass
@@ -126,12 +161,19 @@ class EvalConfig:
     checker: str = ""
     """Gate that judges a task answer against the reference (empty: the last task gate of ``filter.gates``)."""
     max_new_tokens: int = 256
+    """Longest task answer, in tokens."""
     batch_size: int = 8
+    """Prompts per generate call."""
     do_sample: bool = False
+    """Greedy by default, so seed and tuned are compared without sampling noise."""
     temperature: float = 0.95
+    """Sampling temperature (with do_sample)."""
     top_p: float = 0.7
+    """Nucleus sampling mass (with do_sample)."""
     top_k: int = 50
+    """Top-k sampling cut (with do_sample)."""
     seed: int = 42
+    """Sampling seed."""
     limit: int = 0
     """Evaluate only the first N held-out examples / general prompts (0: all)."""
     retention_max_new_tokens: int = 128
@@ -143,6 +185,7 @@ class ExportConfig:
     """Step 5: a standalone transformers folder."""
 
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the saved weights."""
 
 
 @dataclass
@@ -150,7 +193,9 @@ class RunConfig:
     """A whole SDFT run: every stage reads its section and writes under ``output_dir``."""
 
     output_dir: str = "runs/sdft"
+    """Folder for every stage's output (relative to the working directory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when visible, else CPU."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

@@ -21,10 +21,12 @@ def _filtered(tiny_config, **over):
     return cfg, stages, rows, out, path
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_loss_goes_down(tiny_config, method):
+@pytest.mark.parametrize("method, precision, checkpointing", [("lora", "fp32", False), ("full", "fp32", False),
+                                                             ("lora", "bf16", True)])
+def test_loss_goes_down(tiny_config, method, precision, checkpointing):
     cfg, stages, rows, out, _ = _filtered(tiny_config, train={"method": method, "max_steps": 12, "lr": 1e-2,
-                                                               "save_every": 0})
+                                                               "save_every": 0, "precision": precision,
+                                                               "gradient_checkpointing": checkpointing})
     summary = train(cfg, rows, out / "train", stages.tok, torch.device("cpu"))
     log = [json.loads(x) for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 13))

@@ -1,0 +1,69 @@
+"""The CLI end to end on the tiny model: examples/tiny.yaml as a user runs it."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLES, REPO, run_cli
+
+
+@pytest.mark.slow
+def test_tiny_example_runs_every_stage_then_skips_them(tmp_path):
+    out = tmp_path / "tiny"
+    env = {"SDFT_CACHE": str(tmp_path / "cache")}
+    first = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for stage in ("distill", "filter", "train", "eval", "export"):
+        assert (out / stage / "COMPLETE.json").exists(), stage
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    for model in ("seed", "tuned"):
+        assert set(report[model]) >= {"task_accuracy", "task_total", "retention_kl", "retention_nll"}
+        assert report[model]["task_total"] == 16
+    assert report["seed"]["retention_kl"] == 0.0 and report["tuned"]["retention_kl"] > 0.0
+    stats = json.loads((out / "filter" / "stats.json").read_text())
+    assert stats["total"] == 32 and stats["accepted"] + stats["fallback"] == 32
+    assert (out / "export" / "model" / "model.safetensors").exists()
+    # Every command records its resolved config and the package versions.
+    record = yaml.safe_load(next((out / "run_info").glob("*-run.yaml")).read_text())
+    assert record["versions"]["torch"] and record["config"]["output_dir"] == str(out)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["template"] == "math"
+
+    again = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already complete") == 5
+
+    changed = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", "train.lr=5e-4", env=env)
+    assert changed.returncode == 1
+    assert "train was completed with a different config (differs in: train.lr)" in changed.stderr
+
+
+def test_config_errors_exit_2_before_any_work(tmp_path):
+    res = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={tmp_path / 'x'}", "train.lerning_rate=1")
+    assert res.returncode == 2
+    assert "unknown option train.lerning_rate" in res.stderr
+    assert not (tmp_path / "x").exists()
+    res = run_cli("run", str(EXAMPLES / "tiny.yaml"), "distill.template=nope")
+    assert res.returncode == 2 and "distill.template" in res.stderr
+
+
+def test_bad_data_is_reported_with_file_and_line(tmp_path, tiny_model_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    res = run_cli("distill", str(EXAMPLES / "tiny.yaml"), f"output_dir={tmp_path / 'o'}", f"data.train={data}",
+                  "data.instruction_field=instruction", "data.output_field=output", f"model.path={tiny_model_dir}")
+    assert res.returncode == 1
+    assert f"{data}:2: missing field 'output'" in res.stderr
+
+
+def test_stage_order_is_enforced(tmp_path, tiny_model_dir):
+    res = run_cli("train", str(EXAMPLES / "tiny.yaml"), f"output_dir={tmp_path / 'o'}", f"model.path={tiny_model_dir}")
+    assert res.returncode == 1 and "stage filter has not completed" in res.stderr
+
+
+def test_config_command_prints_the_resolved_config():
+    res = run_cli("config", str(EXAMPLES / "quickstart.yaml"), "train.lr=1e-3")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["path"] == "builtin:smollm2-135m-instruct"
+    assert cfg["data"]["train"] == str(REPO / "examples" / "data" / "math_train.jsonl")
