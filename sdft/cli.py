@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
     write_run_record(Path(cfg.output_dir), args.command, resolved)
     stages = Stages(cfg, force=args.force)
+    from sdft.dist import runtime
+
     try:
         for stage in COMMANDS[args.command]:
             stages.run(stage)
             stages.force = False  # --force clears the first stage and all after it; the rest then run fresh
+        runtime.teardown()
     except (DataError, StageError, TemplateError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         # User-facing failures (bad data, mismatched outputs, missing stages) print one clear line;
         # SDFT_DEBUG=1 shows the traceback.

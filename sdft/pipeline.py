@@ -62,10 +62,14 @@ class Stages:
     # -- shared state, loaded once per command ------------------------------------------------
     @property
     def device(self):
+        """This rank's device; joins the process group on first use when launched on several ranks."""
         if self._device is None:
+            from sdft.dist import runtime
             from sdft.models.loading import pick_device
 
-            self._device = pick_device(self.cfg.device)
+            device = pick_device(self.cfg.device)
+            runtime.init(device)
+            self._device = runtime.local_device(device)
         return self._device
 
     @property
@@ -107,8 +111,13 @@ class Stages:
                              "(or `sdft run` for the whole pipeline)")
 
     def _finish(self, stage: str, summary: dict, started: float) -> dict:
-        atomic_write_json(self._record_path(stage), {"inputs": self._expected(stage), "summary": summary,
-                                                     "seconds": round(time.time() - started, 1)})
+        from sdft.dist import runtime
+
+        if runtime.rank() == 0:
+            atomic_write_json(self._record_path(stage), {"inputs": self._expected(stage), "summary": summary,
+                                                         "seconds": round(time.time() - started, 1),
+                                                         "world_size": runtime.world_size()})
+        runtime.barrier()
         log.info("%s: done in %.1f s", stage, time.time() - started)
         return summary
 
@@ -116,16 +125,25 @@ class Stages:
         """Run one stage unless it is already complete with this config. Returns its summary."""
         if _UPSTREAM[stage]:
             self._require(_UPSTREAM[stage])
+        from sdft.dist import runtime
+
+        _ = self.device  # join the process group before any rank-dependent step
         if self.force:
-            for s in STAGES[STAGES.index(stage):]:
-                if (self.root / s).exists():
-                    shutil.rmtree(self.root / s)
+            if runtime.rank() == 0:
+                for s in STAGES[STAGES.index(stage):]:
+                    if (self.root / s).exists():
+                        shutil.rmtree(self.root / s)
+            runtime.barrier()
         elif self.is_complete(stage):
             log.info("%s: already complete in %s, skipping", stage, self.root / stage)
             return None
         started = time.time()
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        return self._finish(stage, getattr(self, f"_{stage}")(), started)
+        if stage in ("distill", "train") or runtime.rank() == 0:
+            summary = getattr(self, f"_{stage}")()
+        else:  # filter, eval and export are single-process work: rank 0 does it, the others wait
+            summary = {}
+        return self._finish(stage, summary, started)
 
     # -- the stages ---------------------------------------------------------------------------
     def train_examples(self):
@@ -137,11 +155,15 @@ class Stages:
         return examples, report
 
     def _distill(self) -> dict:
+        from sdft.dist import runtime
         from sdft.distill.distill import distill
-        from sdft.models.loading import load_seed
+        from sdft.models.loading import load_seed, load_seed_zero3
 
         examples, report = self.train_examples()
-        model = load_seed(self.cfg, self.device)
+        if self.cfg.distill.mode == "zero3" and runtime.is_distributed():
+            model = load_seed_zero3(self.cfg, self.device)
+        else:
+            model = load_seed(self.cfg, self.device)
         summary = distill(self.cfg, examples, self.root / "distill", model, self.tok)
         return {**summary, "skipped_records": report.skipped}
 

@@ -78,3 +78,30 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run([sys.executable, "-m", "sdft", *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=REPO)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300,
+                 retry: bool = True) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=N -m sdft ...`` on CPU (gloo). A hang fails by timeout.
+
+    gloo runs end, rarely (~1%), with a rank aborting at interpreter exit after all work is done
+    ("terminate called without an active exception"); such a run is retried once, which is safe
+    because every stage resumes or skips what is complete.
+    """
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+                "DS_ACCELERATOR": "cpu", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "sdft", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+    if retry and res.returncode != 0 and "terminate called without an active exception" in res.stderr:
+        cmd[4] = f"--master_port={free_port()}"
+        res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+    return res

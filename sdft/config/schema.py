@@ -90,6 +90,14 @@ class DistillConfig:
     """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
     seed: int = 42
     """Sampling seed; batch ``i`` uses ``seed + i``."""
+    mode: Literal["replica", "zero3"] = "replica"
+    """Several ranks: ``replica`` (each rank holds the whole model and rewrites its own shard) or
+    ``zero3`` (parameters partitioned over ranks at load, for models larger than one GPU)."""
+    zero3_gather: bool = True
+    """zero3 mode: gather the whole model once per batch and generate locally (fast, needs the full
+    model's memory transiently) instead of gathering each layer at every token (``false``: slow, lean)."""
+    deepspeed: str = "zero3"
+    """zero3 mode: DeepSpeed config (a name in ds_configs/ or a path)."""
 
 
 @dataclass
@@ -144,6 +152,9 @@ class TrainConfig:
     """An example longer than ``cutoff_len``: skip it (counted and reported) or stop with an error."""
     save_every: int = 0
     """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    deepspeed: str = ""
+    """DeepSpeed config: a name in ds_configs/ (zero1, zero2, zero2_offload, zero3, zero3_offload) or a
+    JSON path. Empty: plain PyTorch on one process, ``zero1`` when launched on several ranks."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
     logging_steps: int = 1

@@ -1,27 +1,39 @@
-"""Step 1: the seed model rewrites every reference answer in its own words.
+"""Step 1: the seed model rewrites every reference answer in its own words, on one rank or many.
 
 Output (``<output_dir>/distill``):
-- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example (``rewrite`` is None
-  with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``), appended and fsync'd
-  as each batch finishes. A restarted run drops a torn last line and skips ids already written, so a
-  kill loses at most the batch in flight and duplicates nothing.
+- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order
+  (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``).
 - ``generation_config.json``: template, sampling settings and model, written before the first batch;
   a restart with different settings is refused rather than mixing two distributions.
-- ``COMPLETE.json``: written last; ``sdft run`` skips the stage when it is present.
+
+Several ranks: examples are split into one shard per rank, balanced by prompt length (longest first,
+each to the least-loaded rank). Each rank appends finished batches to ``rewrites.part-<rank>.jsonl``
+(fsync'd). A restart, at any world size, repairs torn last lines, takes every id found in any part as
+done, and generates only the rest; when all ranks are through, rank 0 merges the parts into
+``rewrites.jsonl`` in data-set order and removes them. So a kill loses at most the batches in flight
+and duplicates nothing, and the ids and counts are the same whatever the world size.
+
+Modes (``distill.mode``): ``replica``, each rank holds the whole model and never waits for another
+until the final merge; ``zero3``, parameters are partitioned over ranks at load, and every rank runs
+the same number of generate calls (a rank out of work runs a stand-in batch) because each call needs
+all ranks: with ``zero3_gather`` the whole model is gathered once per batch and generation is local;
+without it, generate runs with ``synced_gpus`` and ZeRO gathers each layer at every token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 from sdft.config.schema import RunConfig
 from sdft.data.examples import Example
-from sdft.distill.generation import GenerationSettings, generate_batches
+from sdft.dist import runtime
+from sdft.distill.generation import GenerationSettings, generate_batches, plan_batches
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
 from sdft.utils.faults import maybe_kill
-from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail
+from sdft.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl_tail
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +51,52 @@ def _record_of_settings(cfg: RunConfig, settings: GenerationSettings) -> dict:
             "cutoff_len": cfg.distill.cutoff_len, **settings.to_dict()}
 
 
-def read_done(out_file: Path) -> dict[str, dict]:
-    """Records already written (after repairing a torn tail); duplicates would be a bug, so refuse them."""
-    if not out_file.exists():
-        return {}
-    removed = repair_jsonl_tail(out_file)
-    if removed:
-        log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", out_file, removed)
+def balanced_shards(lengths: dict[str, int], world: int) -> list[list[str]]:
+    """Split ids into ``world`` shards of about equal total length (longest first, to the lightest shard)."""
+    shards: list[list[str]] = [[] for _ in range(world)]
+    load = [0] * world
+    for i in sorted(lengths, key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        shards[r].append(i)
+        load[r] += lengths[i]
+    return shards
+
+
+def _part(out_dir: Path, rank: int) -> Path:
+    return out_dir / f"rewrites.part-{rank}.jsonl"
+
+
+def read_done(out_dir: Path, repair: bool = False) -> dict[str, dict]:
+    """Every record already written: the merged file and all part files. Duplicates are corruption."""
+    files = ([out_dir / REWRITES] if (out_dir / REWRITES).exists() else []) + sorted(out_dir.glob("rewrites.part-*.jsonl"))
     done: dict[str, dict] = {}
-    for rec in read_jsonl(out_file):
-        if rec["id"] in done:
-            raise RuntimeError(f"{out_file}: id {rec['id']!r} appears twice; the file is corrupt")
-        done[rec["id"]] = rec
+    for f in files:
+        if repair and (removed := repair_jsonl_tail(f)):
+            log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", f, removed)
+        for rec in read_jsonl(f):
+            if rec["id"] in done:
+                raise RuntimeError(f"{f}: id {rec['id']!r} was written twice; the distill output is corrupt")
+            done[rec["id"]] = rec
     return done
 
 
 def distill(cfg: RunConfig, examples: list[Example], out_dir: Path, model, tok) -> dict:
-    """Generate a rewrite for every example not yet in ``out_dir/rewrites.jsonl``. Returns a summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_file = out_dir / REWRITES
+    """Generate a rewrite for every example not done yet; call on every rank. Returns a summary."""
+    world, rank = runtime.world_size(), runtime.rank()
     settings = distill_settings(cfg)
     record = _record_of_settings(cfg, settings)
     gen_cfg = out_dir / "generation_config.json"
     if gen_cfg.exists() and json.loads(gen_cfg.read_text()) != record:
         raise RuntimeError(f"{gen_cfg}: the existing rewrites were generated with other settings "
                            f"({json.loads(gen_cfg.read_text())}); use another output_dir or delete {out_dir}")
-    atomic_write_json(gen_cfg, record)
+    runtime.barrier()  # every rank has compared before rank 0 writes
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(gen_cfg, record)
+        read_done(out_dir, repair=True)
+    runtime.barrier()
+    done = read_done(out_dir)
 
-    done = read_done(out_file)
     template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
     prompts, too_long = {}, []
     for ex in examples:
@@ -76,19 +106,73 @@ def distill(cfg: RunConfig, examples: list[Example], out_dir: Path, model, tok) 
                              "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={cfg.distill.cutoff_len})"})
         else:
             prompts[ex.id] = ids
-    append_jsonl(out_file, [r for r in too_long if r["id"] not in done])
-    if too_long:
-        log.warning("distill: %d prompt(s) longer than distill.cutoff_len=%d keep their original answer",
-                    len(too_long), cfg.distill.cutoff_len)
-    if done:
-        log.info("distill: resuming, %d/%d examples already done", len(done), len(examples))
-    for batch in generate_batches(model, tok, prompts, settings, skip=set(done), desc="distill"):
-        append_jsonl(out_file, [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i])} for i, text in batch.items()])
-        maybe_kill("distill_batch")
-    final = read_done(out_file)
-    missing = [ex.id for ex in examples if ex.id not in final]
+    if rank == 0:
+        append_jsonl(_part(out_dir, 0), [r for r in too_long if r["id"] not in done])
+        if too_long:
+            log.warning("distill: %d prompt(s) longer than distill.cutoff_len=%d keep their original answer",
+                        len(too_long), cfg.distill.cutoff_len)
+        if done:
+            log.info("distill: resuming, %d/%d examples already done", len(done), len(examples))
+    shards = balanced_shards({i: len(p) for i, p in prompts.items()}, world)
+    mine = {i: prompts[i] for i in shards[rank]}
+    if cfg.distill.mode == "zero3" and world > 1:
+        _generate_zero3(cfg, model, tok, shards, prompts, settings, set(done), out_dir)
+    else:
+        for batch in generate_batches(model, tok, mine, settings, skip=set(done), desc="distill"):
+            append_jsonl(_part(out_dir, rank), _records(batch, prompts))
+            maybe_kill("distill_batch")
+    runtime.barrier()
+    if rank == 0:
+        _merge(out_dir, examples)
+    runtime.barrier()
+    return {"examples": len(examples), "generated": len(prompts), "prompt_too_long": len(too_long),
+            "world_size": world, "mode": cfg.distill.mode if world > 1 else "single", "generation_config": record}
+
+
+def _records(batch: dict[str, str], prompts: dict[str, list[int]]) -> list[dict]:
+    return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i])} for i, text in batch.items()]
+
+
+def _merge(out_dir: Path, examples: list[Example]) -> None:
+    """Rank 0: all parts -> ``rewrites.jsonl`` in data-set order (atomic), then drop the parts."""
+    done = read_done(out_dir)
+    missing = [ex.id for ex in examples if ex.id not in done]
     if missing:
         raise RuntimeError(f"distill finished with {len(missing)} examples missing (e.g. {missing[0]!r})")
-    summary = {"examples": len(examples), "generated": len(prompts), "prompt_too_long": len(too_long),
-               "generation_config": record}
-    return summary
+    atomic_write_text(out_dir / REWRITES, "".join(json.dumps(done[ex.id], ensure_ascii=False) + "\n" for ex in examples))
+    for part in out_dir.glob("rewrites.part-*.jsonl"):
+        part.unlink()
+
+
+def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, settings: GenerationSettings, done: set[str],
+                    out_dir: Path) -> None:
+    """ZeRO-3: every rank makes the same number of generate calls (stand-ins when out of work)."""
+    import deepspeed
+    import torch
+
+    from sdft.distill.generation import left_pad
+
+    rank = runtime.rank()
+    # Every rank knows every shard and the done set, so all agree on the number of calls without talking.
+    plans = [[[i for i in b if i not in done] for b in plan_batches({i: prompts[i] for i in s}, settings.batch_size)]
+             for s in shards]
+    plans = [[b for b in p if b] for p in plans]
+    calls = max(len(p) for p in plans)
+    device = next(model.parameters()).device
+    eos = model.generation_config.eos_token_id or tok.eos_token_id
+    stand_in = [tok.eos_token_id]
+    for index in range(calls):
+        batch = plans[rank][index] if index < len(plans[rank]) else None
+        torch.manual_seed(settings.seed + index)
+        ids, mask = left_pad([prompts[i] for i in batch] if batch else [stand_in], tok.pad_token_id, device)
+        gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+                  if cfg.distill.zero3_gather else contextlib.nullcontext())
+        with gather, torch.no_grad():
+            if batch or not cfg.distill.zero3_gather:
+                out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=eos, synced_gpus=not cfg.distill.zero3_gather,
+                                     **settings.generate_kwargs())
+        if batch:
+            texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            append_jsonl(_part(out_dir, rank), _records({i: t.strip() for i, t in zip(batch, texts)}, prompts))
+            maybe_kill("distill_batch")

@@ -58,3 +58,33 @@ def load_tuned(cfg: RunConfig, device: torch.device):
     if (final / "adapter_config.json").exists():
         return load_model(cfg.model.path, cfg.model.dtype, device, adapter=final)
     return load_model(str(final), cfg.model.dtype, device)
+
+
+def load_seed_zero3(cfg: RunConfig, device: torch.device):
+    """The seed model partitioned over ranks at load (ZeRO-3 ``zero.Init``), for ``distill.mode=zero3``.
+
+    With ``distill.zero3_gather`` the bare partitioned module is returned: the caller gathers it
+    whole around each generate call, and no per-layer hook may fire (hooks would re-partition
+    layers mid-generation and start collectives that only this rank joins). Otherwise the module
+    goes through ``deepspeed.initialize``, whose hooks gather each layer as forward reaches it.
+    """
+    import deepspeed
+    from transformers import AutoConfig
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from sdft.config.schema import ConfigError
+    from sdft.dist import runtime
+    from sdft.dist.ds_config import fill_ds_config, load_ds_config, zero_stage
+
+    raw, source = load_ds_config(cfg.distill.deepspeed)
+    hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path)).hidden_size
+    ds = fill_ds_config(raw, cfg, runtime.world_size(), hidden, source)
+    if zero_stage(ds) != 3:
+        raise ConfigError(f"distill.deepspeed={cfg.distill.deepspeed!r} is ZeRO-{zero_stage(ds)}; "
+                          "distill.mode=zero3 needs a stage-3 config (e.g. zero3)")
+    keep_alive = HfDeepSpeedConfig(ds)  # noqa: F841 - from_pretrained loads into partitions while it lives
+    model = load_model(cfg.model.path, cfg.model.dtype, device)
+    if not cfg.distill.zero3_gather:
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        model.__dict__["_sdft_engine"] = engine  # keep it (and its hooks) alive; not a submodule: that would be a cycle
+    return model.eval()

@@ -1,7 +1,8 @@
 """Resumable training checkpoints, written atomically.
 
-A checkpoint folder ``checkpoints/step-000123`` holds the trainable weights (safetensors), the
-optimizer and scheduler states, every RNG state and ``state.json``. It is written to a hidden
+A checkpoint folder ``checkpoints/step-000123`` holds what the backend saves (one process: the
+trainable weights as safetensors, optimizer and scheduler states; DeepSpeed: its sharded
+checkpoint), every rank's RNG state, and ``state.json``. It is written to a hidden
 temporary folder and renamed into place, so a kill never leaves a half checkpoint that looks whole.
 Resuming restores all of it, and the data position follows from the step (see ``recipe``), so the
 resumed run takes exactly the steps an unbroken run would.
@@ -12,13 +13,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from sdft.dist import runtime
 from sdft.utils.io import atomic_publish_dir
 
 STATE = "state.json"
@@ -43,18 +44,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, meta: dict, keep: int) -> Path:
-    """Write ``ckpt_root/step-<step>`` atomically; keep only the newest ``keep`` checkpoints."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(ckpt_root: Path, step: int, backend, meta: dict, keep: int) -> Path:
+    """Write ``ckpt_root/step-<step>`` atomically; keep only the newest ``keep`` checkpoints.
+
+    Collective under several ranks: every rank writes its shard into the same temporary folder
+    (a shared file system, as DeepSpeed assumes); rank 0 publishes it after a barrier.
+    """
     final = ckpt_root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "training_state.pt")
-    (tmp / STATE).write_text(json.dumps({"step": step, **meta}, indent=2))
-    atomic_publish_dir(tmp, final)
-    for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = ckpt_root / f".tmp-step-{step:06d}"
+    if runtime.rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    runtime.barrier()
+    backend.save(tmp)
+    runtime.barrier()
+    if runtime.rank() == 0:
+        (tmp / STATE).write_text(json.dumps({"step": step, "world_size": runtime.world_size(), **meta}, indent=2))
+        atomic_publish_dir(tmp, final)
+        for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    runtime.barrier()
     return final
 
 
@@ -65,8 +74,8 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.glob("step-*") if (p / STATE).exists())
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its ``state.json``."""
+def load_local_checkpoint(path: Path, model, optimizer, scheduler) -> None:
+    """Restore weights, optimizer, scheduler and RNG written by ``LocalBackend.save``."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
@@ -80,4 +89,3 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
-    return json.loads((path / STATE).read_text())

@@ -48,11 +48,11 @@ def tokenize_rows(rows: list[dict], tok, template: str, cutoff_len: int, overlen
     return out
 
 
-def micro_batch_order(n: int, micro_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Example indices for each micro-batch of one epoch: a seeded shuffle, then chunks."""
+def global_batch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which one epoch visits the ``n`` examples: a permutation seeded by (seed, epoch),
+    the same on every rank and at every world size."""
     g = torch.Generator().manual_seed(seed + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    return [perm[k:k + micro_batch_size] for k in range(0, n, micro_batch_size)]
+    return torch.randperm(n, generator=g).tolist()
 
 
 def collate(data: TokenizedSet, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -1,17 +1,24 @@
-"""Step 3: supervised fine-tuning on the (filtered) data: LoRA or full, one process.
+"""Step 3: supervised fine-tuning on the (filtered) data: LoRA or full, one process or many ranks.
 
-Features: AdamW; cosine / linear / constant schedule with optional warmup; gradient accumulation
-with the loss normalised by the number of response tokens in the whole optimizer step; fp32 or bf16
-autocast; gradient checkpointing; gradient clipping; a tqdm bar and TensorBoard scalars on rank 0;
-``train_log.jsonl`` of every logged step.
+One process: plain PyTorch. Several ranks (``torchrun`` / ``deepspeed`` / SLURM) or
+``train.deepspeed`` set: a DeepSpeed engine with the ZeRO stage of the chosen ``ds_configs/`` file
+(0-3, optimizer / parameter offload, bf16, clipping, accumulation), "auto" values filled from this
+config. Under ZeRO-3 the model is partitioned at load (``HfDeepSpeedConfig`` before
+``from_pretrained``), so no rank ever holds the whole model.
 
-Resume: ``train.save_every`` writes atomic checkpoints (weights, optimizer, scheduler, RNG). A rerun
-of the same config continues from the newest one. The data order is a pure function of
-(seed, epoch), and step ``s`` consumes micro-batches ``[s*A, (s+1)*A)`` of that stream, so the resumed
-run replays exactly the steps an unbroken run would take: nothing lost, nothing seen twice.
+Data: one optimizer step consumes a *global batch* of ``micro_batch_size x grad_accum x world``
+examples, taken in order from a per-epoch permutation seeded by (seed, epoch). Rank ``r`` takes
+micro-batch ``a * world + r`` of it at micro-step ``a``. The loss is the summed token loss divided by
+the response tokens of the whole global batch, so the same global batch gives the same update at
+any world size, micro-batch size or accumulation. A rank whose share of the epoch's last batch is
+empty still runs forward and backward on a fully masked batch: every rank runs the same collectives.
+
+Resume: ``train.save_every`` writes atomic checkpoints (weights, optimizer, scheduler, every rank's
+RNG). A rerun of the same config continues from the newest one at the exact step; the data position
+is a pure function of the step, so nothing is lost or seen twice.
 
 Output: ``<output_dir>/train/final`` (a peft adapter or a full transformers model, safetensors, with
-``COMPLETE.json``), ``checkpoints/``, ``tensorboard/``, ``train_log.jsonl``.
+``COMPLETE.json``), ``checkpoints/``, ``tensorboard/``, ``train_log.jsonl`` (rank 0).
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sdft.config.schema import RunConfig
-from sdft.models.loading import load_model
-from sdft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sdft.train.data import TokenizedSet, causal_lm_loss_sum, collate, micro_batch_order, tokenize_rows
+from sdft.dist import runtime
+from sdft.models.builtin import resolve_model_path
+from sdft.train.checkpoint import list_checkpoints, save_checkpoint
+from sdft.train.data import TokenizedSet, causal_lm_loss_sum, collate, global_batch_order
+from sdft.train.data import tokenize_rows
 from sdft.utils.faults import maybe_kill
-from sdft.utils.io import atomic_publish_dir, atomic_write_json, read_jsonl, atomic_write_text
-from sdft.utils.runinfo import is_main_process
+from sdft.utils.io import atomic_publish_dir, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +55,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: RunConfig, device: torch.device):
+def deepspeed_config(cfg: RunConfig, hidden_size: int) -> dict | None:
+    """The filled DeepSpeed config, or None for plain PyTorch (one process, no ``train.deepspeed``)."""
+    name = cfg.train.deepspeed or ("zero1" if runtime.is_distributed() else "")
+    if not name:
+        return None
+    from sdft.dist.ds_config import fill_ds_config, load_ds_config
+
+    raw, source = load_ds_config(name)
+    return fill_ds_config(raw, cfg, runtime.world_size(), hidden_size, source)
+
+
+def build_model(cfg: RunConfig, device: torch.device, ds: dict | None):
     """The seed model made trainable: LoRA adapters (only they train) or every weight."""
+    from sdft.models.loading import load_model
+
+    keep_alive = None
+    if ds is not None and int(ds.get("zero_optimization", {}).get("stage", 0)) == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(ds)  # from_pretrained now loads straight into partitions (zero.Init)
     model = load_model(cfg.model.path, cfg.model.dtype, device)
+    model._sdft_ds_ref = keep_alive  # transformers holds it weakly; it must outlive loading
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -75,42 +102,51 @@ def _fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class MicroBatchStream:
-    """Micro-batch ``m`` of the run = micro-batch ``m % per_epoch`` of epoch ``m // per_epoch``."""
-
-    def __init__(self, n: int, micro_batch_size: int, seed: int):
-        self.n, self.mbs, self.seed = n, micro_batch_size, seed
-        self.per_epoch = math.ceil(n / micro_batch_size)
-        self._epoch, self._order = -1, []
-
-    def __getitem__(self, m: int) -> list[int]:
-        epoch = m // self.per_epoch
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, micro_batch_order(self.n, self.mbs, self.seed, epoch)
-        return self._order[m % self.per_epoch]
+def global_batch_size(cfg: RunConfig) -> int:
+    return cfg.train.micro_batch_size * cfg.train.grad_accum * runtime.world_size()
 
 
-def total_steps(cfg: RunConfig, n_examples: int) -> int:
+def total_steps(cfg: RunConfig, n_examples: int) -> tuple[int, int]:
+    """(total optimizer steps, steps per epoch)."""
+    per_epoch = math.ceil(n_examples / global_batch_size(cfg))
     if cfg.train.max_steps:
-        return cfg.train.max_steps
-    per_epoch = math.ceil(n_examples / cfg.train.micro_batch_size)
-    return max(1, math.ceil(cfg.train.epochs * per_epoch / cfg.train.grad_accum))
+        return cfg.train.max_steps, per_epoch
+    return max(1, math.ceil(cfg.train.epochs * per_epoch)), per_epoch
 
 
 def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.device) -> dict:
-    """Fine-tune the seed model on ``rows`` ({id, instruction, response, system}); returns a summary."""
+    """Fine-tune the seed model on ``rows`` ({id, instruction, response, system}); returns a summary.
+
+    Call it on every rank with the same arguments (the launcher sets RANK / WORLD_SIZE).
+    """
     t = cfg.train
+    main = runtime.rank() == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(t.seed)
     data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength)
-    model = build_model(cfg, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    steps = total_steps(cfg, len(data))
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    from transformers import get_scheduler
+    from transformers import AutoConfig, get_scheduler
 
+    hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path)).hidden_size
+    ds = deepspeed_config(cfg, hidden)
+    model = build_model(cfg, device, ds)
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps, per_epoch = total_steps(cfg, len(data))
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * steps),
                               num_training_steps=steps)
+    if ds is None:
+        from sdft.train.backends import LocalBackend
+
+        backend = LocalBackend(model, optimizer, scheduler, t.max_grad_norm)
+    else:
+        from sdft.train.backends import DeepSpeedBackend
+
+        backend = DeepSpeedBackend(model, optimizer, scheduler, ds)
+        if main:
+            atomic_write_json(out_dir / "ds_config.json", ds)
+            log.info("train: DeepSpeed ZeRO-%d on %d rank(s); resolved config in %s",
+                     backend.stage, runtime.world_size(), out_dir / "ds_config.json")
+
     fingerprint = _fingerprint(cfg, data)
     ckpt_root = out_dir / "checkpoints"
     start = 0
@@ -119,71 +155,91 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
         if state.get("fingerprint") != fingerprint:
             raise RuntimeError(f"{ckpts[-1]}: checkpoint was made with another model, train config or data; "
                                f"delete {ckpt_root} or use another output_dir")
-        start = load_checkpoint(ckpts[-1], model, optimizer, scheduler)["step"]
+        if state.get("world_size", 1) != runtime.world_size():
+            raise RuntimeError(f"{ckpts[-1]}: written by {state.get('world_size', 1)} rank(s), now "
+                               f"{runtime.world_size()}; resume with the same world size")
+        backend.load(ckpts[-1])
+        start = state["step"]
         log.info("train: resuming from %s (step %d of %d)", ckpts[-1].name, start, steps)
     log_path = out_dir / "train_log.jsonl"
     history = [r for r in read_jsonl(log_path) if r["step"] <= start] if log_path.exists() and start else []
-    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+    if main:
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
 
-    n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in model.parameters())
-    log.info("train: %d examples, %d steps (micro-batch %d x accum %d), %s: %d / %d parameters trainable",
-             len(data), steps, t.micro_batch_size, t.grad_accum, t.method, n_trainable, n_total)
-    writer = _tensorboard(out_dir) if is_main_process() else None
-    stream = MicroBatchStream(len(data), t.micro_batch_size, t.seed)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16"
-                else contextlib.nullcontext())
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not is_main_process())
+    n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+    n_total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    log.info("train: %d examples, %d steps (global batch %d = micro-batch %d x accum %d x %d rank(s)), "
+             "%s: %d / %d parameters trainable", len(data), steps, global_batch_size(cfg), t.micro_batch_size,
+             t.grad_accum, runtime.world_size(), t.method, n_trainable, n_total)
+    writer = _tensorboard(out_dir) if main else None
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" and ds is None
+                else contextlib.nullcontext())  # DeepSpeed runs bf16 itself from its config
+    world, r = runtime.world_size(), runtime.rank()
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not main)
     meta = {"fingerprint": fingerprint, "total_steps": steps}
+    order = None
     for step in range(start, steps):
-        batches = [collate(data, stream[m], tok.pad_token_id) for m in range(step * t.grad_accum, (step + 1) * t.grad_accum)]
-        # Normalise by the response tokens of the whole optimizer step, so every token weighs the same
-        # whatever micro-batch it fell in (a per-micro-batch mean would overweight short batches).
-        n_tok = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        loss_total = 0.0
-        for b in batches:
-            b = {k: v.to(device) for k, v in b.items()}
+        epoch = step // per_epoch
+        if order is None or order[0] != epoch:
+            order = (epoch, global_batch_order(len(data), t.seed, epoch))
+        g = global_batch_size(cfg)
+        batch_ids = order[1][(step % per_epoch) * g:(step % per_epoch + 1) * g]
+        n_tok = sum(sum(1 for y in data.labels[i][1:] if y != -100) for i in batch_ids)
+        loss_sum_local = 0.0
+        for a in range(t.grad_accum):
+            k = (a * world + r) * t.micro_batch_size
+            mine = batch_ids[k:k + t.micro_batch_size]
+            b = collate(data, mine or batch_ids[:1], tok.pad_token_id)
+            if not mine:  # a fully masked stand-in, so this rank joins every collective
+                b["labels"].fill_(-100)
+            b = {key: v.to(device) for key, v in b.items()}
             with autocast:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                logits = backend.module(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss_sum, _ = causal_lm_loss_sum(logits, b["labels"])
-            (loss_sum / max(n_tok, 1)).backward()
-            loss_total += loss_sum.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            # DeepSpeed averages gradients over ranks, hence x world: the update is sum(loss) / n_tok.
+            backend.backward(loss_sum * (world if ds is not None else 1) / max(n_tok, 1))
+            loss_sum_local += loss_sum.item()
+        lr = backend.lr()
+        grad_norm = backend.step()
+        loss = runtime.all_reduce_sum(loss_sum_local, device) / max(n_tok, 1)
         done = step + 1
-        loss = loss_total / max(n_tok, 1)
-        if done % t.logging_steps == 0 or done == steps:
-            row = {"step": done, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": n_tok,
-                   "epoch": done * t.grad_accum / stream.per_epoch}
+        if main and (done % t.logging_steps == 0 or done == steps):
+            row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tok,
+                   "epoch": round(done / per_epoch, 4)}
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             history.append(row)
             if writer:
-                for k in ("loss", "lr", "grad_norm"):
-                    writer.add_scalar(f"train/{k}", row[k], done)
+                for key in ("loss", "lr", "grad_norm"):
+                    writer.add_scalar(f"train/{key}", row[key], done)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if t.save_every and done % t.save_every == 0 and done < steps:
-            save_checkpoint(ckpt_root, done, model, optimizer, scheduler, meta, t.keep_checkpoints)
+            save_checkpoint(ckpt_root, done, backend, meta, t.keep_checkpoints)
         maybe_kill("train_step")
     bar.close()
     if writer:
         writer.close()
+    history = read_jsonl(log_path) if main else []
     summary = {"steps": steps, "examples": len(data), "skipped_overlength": len(data.skipped_overlength),
+               "world_size": world, "zero_stage": getattr(backend, "stage", None),
                "trainable_parameters": n_trainable, "total_parameters": n_total,
                "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None, "fingerprint": fingerprint}
-    save_final(out_dir / "final", model, tok, summary)
+    state = backend.trainable_state()  # a collective under ZeRO-3: every rank calls it
+    if main:
+        save_final(out_dir / "final", model, tok, summary, state, full=cfg.train.method == "full")
+    runtime.barrier()
     return summary
 
 
-def save_final(final_dir: Path, model, tok, summary: dict) -> None:
+def save_final(final_dir: Path, model, tok, summary: dict, state: dict, full: bool) -> None:
     """Write the adapter (LoRA) or full model as safetensors, atomically, with ``COMPLETE.json``."""
     tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=".final-"))
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    if full:
+        model.config.use_cache = True
+        model.config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     atomic_write_json(tmp / "COMPLETE.json", summary)
     atomic_publish_dir(tmp, final_dir)

@@ -33,7 +33,7 @@ def test_overlong_prompts_are_recorded_not_generated(tiny_config, tiny_model_dir
     cfg, examples, out = _setup(tiny_config, distill={"cutoff_len": 290})
     model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
     summary = distill(cfg, examples, out / "distill", model, tiny_tok)
-    done = read_done(out / "distill" / "rewrites.jsonl")
+    done = read_done(out / "distill")
     skipped = [r for r in done.values() if r["rewrite"] is None]
     assert skipped and summary["prompt_too_long"] == len(skipped) < len(examples)
     assert all(r["skipped"].startswith("prompt_too_long") for r in skipped)
@@ -59,13 +59,15 @@ def test_sigkill_mid_distill_then_rerun_equals_an_unbroken_run(tiny_config, tmp_
     path, out = tiny_config(n_train=12)
     killed = run_cli("distill", str(path), env={"SDFT_KILL_AT": "distill_batch:2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    partial = (out / "distill" / "rewrites.jsonl").read_text().splitlines()
+    assert not (out / "distill" / "rewrites.jsonl").exists()  # merged only when every rank is through
+    partial = (out / "distill" / "rewrites.part-0.jsonl").read_text().splitlines()
     assert 0 < len(partial) < 12 and not (out / "distill" / "COMPLETE.json").exists()
     resumed = run_cli("distill", str(path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming, 6/12 examples already done" in resumed.stderr
     got = {json.loads(x)["id"]: json.loads(x) for x in (out / "distill" / "rewrites.jsonl").read_text().splitlines()}
     assert len(got) == 12 == len((out / "distill" / "rewrites.jsonl").read_text().splitlines())
+    assert not list((out / "distill").glob("rewrites.part-*"))
     unbroken = run_cli("distill", str(path), f"output_dir={tmp_path / 'unbroken'}")
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]
     ref = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "unbroken" / "distill" / "rewrites.jsonl").read_text().splitlines()}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sdft.train.data import causal_lm_loss_sum, collate, micro_batch_order, tokenize_rows
+from sdft.train.data import causal_lm_loss_sum, collate, global_batch_order, tokenize_rows
 
 
 def test_loss_sum_matches_float64_reference():
@@ -29,10 +29,10 @@ def test_all_labels_ignored_gives_zero_not_nan():
     assert int(n) == 0 and loss.item() == 0.0
 
 
-def test_micro_batch_order_is_a_seeded_permutation():
-    a = micro_batch_order(10, 3, seed=1, epoch=0)
-    assert sorted(i for mb in a for i in mb) == list(range(10)) and [len(mb) for mb in a] == [3, 3, 3, 1]
-    assert a == micro_batch_order(10, 3, seed=1, epoch=0) != micro_batch_order(10, 3, seed=1, epoch=1)
+def test_epoch_order_is_a_seeded_permutation():
+    a = global_batch_order(10, seed=1, epoch=0)
+    assert sorted(a) == list(range(10))
+    assert a == global_batch_order(10, seed=1, epoch=0) != global_batch_order(10, seed=1, epoch=1)
 
 
 def test_tokenize_and_collate_mask_prompt_and_padding(tiny_tok):

@@ -78,7 +78,7 @@ def test_sigkill_mid_training_then_rerun_equals_an_unbroken_run(tiny_config, tmp
     assert not (out / "train" / "final").exists()
     resumed = run_cli("train", str(path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step-000002 (step 2 of 5)" in resumed.stderr
+    assert "resuming from step-000002 (step 2 of 6)" in resumed.stderr
     ref = run_cli("train", str(path), f"output_dir={unbroken}")
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -89,5 +89,5 @@ def test_sigkill_mid_training_then_rerun_equals_an_unbroken_run(tiny_config, tmp
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     log_a = [json.loads(x) for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x) for x in (unbroken / "train" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log_a] == [1, 2, 3, 4, 5]  # no step lost or logged twice
+    assert [r["step"] for r in log_a] == [1, 2, 3, 4, 5, 6]  # no step lost or logged twice
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
