@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,22 @@ def run_torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int =
         cmd[4] = f"--master_port={free_port()}"
         res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
     return res
+
+
+@pytest.fixture
+def distilled(tiny_config, tmp_path):
+    """A tiny config whose distill+filter stages are done, and a way to copy them to other output dirs."""
+    train = {"max_steps": 3, "micro_batch_size": 2, "grad_accum": 2, "lora_dropout": 0.0, "save_every": 0,
+             "lr": 1e-2}
+    path, out = tiny_config(n_train=10, train=train)
+    res = run_cli("distill", str(path))
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def clone(name):
+        dst = tmp_path / name
+        dst.mkdir()
+        for stage in ("distill", "filter"):
+            shutil.copytree(out / stage, dst / stage)
+        return dst
+
+    return path, out, clone

@@ -2,7 +2,6 @@
 shipped ZeRO config, loss equivalence with one rank, and a killed run resumed to the same weights."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -46,25 +45,6 @@ def test_two_rank_distill_equals_one_rank(tiny_config, tmp_path, mode):
 
 def _losses(out):
     return [json.loads(x)["loss"] for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture
-def distilled(tiny_config, tmp_path):
-    """A tiny config whose distill+filter stages are done, and a way to copy them to other output dirs."""
-    train = {"max_steps": 3, "micro_batch_size": 2, "grad_accum": 2, "lora_dropout": 0.0, "save_every": 0,
-             "lr": 1e-2}
-    path, out = tiny_config(n_train=10, train=train)
-    res = run_cli("distill", str(path))
-    assert res.returncode == 0, res.stderr[-3000:]
-
-    def clone(name):
-        dst = tmp_path / name
-        dst.mkdir()
-        for stage in ("distill", "filter"):
-            shutil.copytree(out / stage, dst / stage)
-        return dst
-
-    return path, out, clone
 
 
 @pytest.mark.parametrize("ds", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"])

@@ -1,0 +1,122 @@
+"""launch/ scripts: dry runs print the exact commands; real runs through torchrun, the DeepSpeed
+launcher, and a real 2-node SLURM cluster (../shared/slurm) on this machine."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+LAUNCH = REPO / "launch"
+SLURM_KIT = REPO.parent / "shared" / "slurm"
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def _env(**extra):
+    return {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1",
+            "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def _sh(*cmd, timeout=300, **env):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=_env(**env), cwd=REPO,
+                          timeout=timeout)
+
+
+def test_dry_runs_print_the_exact_commands():
+    res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--nproc", "4", "train", "my.yaml", "train.lr=1e-4",
+              NNODES="2", NODE_RANK="1", MASTER_ADDR="head", MASTER_PORT="1234")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["python", "-m", "torch.distributed.run", "--nnodes=2", "--node_rank=1",
+                                  "--nproc_per_node=4", "--master_addr=head", "--master_port=1234", "-m", "sdft",
+                                  "train", "my.yaml", "train.lr=1e-4"]
+    res = _sh("bash", LAUNCH / "deepspeed.sh", "--dry-run", "--hostfile", "hosts.txt", "run", "my.yaml")
+    assert res.stdout.split() == ["deepspeed", "--hostfile", "hosts.txt", "--no_local_rank", "--module", "sdft", "run", "my.yaml"]
+    assert _sh("bash", LAUNCH / "torchrun.sh").returncode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_real_two_rank_training_through_each_launcher(distilled, launcher):
+    path, _, clone = distilled
+    out = clone(launcher)
+    if launcher == "torchrun":
+        cmd = ["bash", LAUNCH / "torchrun.sh", "--nproc", "2"]
+        env = {"MASTER_PORT": str(free_port())}
+    else:
+        cmd = ["bash", LAUNCH / "deepspeed.sh", "--num_gpus", "2", "--master_port", str(free_port())]
+        env = {}
+    res = _sh(*cmd, "train", path, f"output_dir={out}", "train.deepspeed=zero2", "train.grad_accum=1", **env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "train" / "final" / "adapter_model.safetensors").exists()
+    assert "on 2 rank(s)" in res.stderr
+
+
+# ---------------------------------------------------------------- SLURM -------------------------------
+slurm = pytest.mark.skipif(not (SLURM_KIT / "start-local-slurm.sh").exists() or os.geteuid() != 0
+                           or shutil.which("apt-get") is None,
+                           reason="needs ../shared/slurm, root and apt-get to start a local SLURM cluster")
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A real 2-node SLURM cluster on this host, with 4 fake GPUs per node."""
+    env = {**os.environ, "LOCAL_SLURM_NODES": "2", "LOCAL_SLURM_GPUS": "4"}
+    res = subprocess.run(["bash", str(SLURM_KIT / "start-local-slurm.sh")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    yield
+    subprocess.run(["bash", str(SLURM_KIT / "stop-local-slurm.sh")], capture_output=True, timeout=120)
+
+
+def _submit(workdir: Path, *args, **env) -> tuple[str, str]:
+    """sbatch from ``workdir``; poll until the job ends; return (state, job output)."""
+    res = _sh("sbatch", "--parsable", f"--chdir={REPO}", f"--output={workdir}/slurm-%j.out", "--time=10",
+              *args, **env)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    state, info = "", ""
+    for _ in range(480):
+        info = _sh("scontrol", "show", "job", job).stdout
+        state = info.split("JobState=")[1].split()[0] if "JobState=" in info else ""
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        time.sleep(0.5)
+    else:
+        _sh("scancel", job)
+    log = workdir / f"slurm-{job}.out"
+    return state, log.read_text() if log.exists() else f"no job output; scontrol says:\n{info}"
+
+
+@slurm
+@pytest.mark.slow
+def test_sbatch_dry_run_two_nodes_four_gpus(slurm_cluster, tmp_path):
+    state, out = _submit(tmp_path, "--nodes=2", "--gpus-per-node=4", "--cpus-per-task=1", LAUNCH / "slurm" / "sdft.sbatch",
+                         "train", "my.yaml", SDFT_DRY_RUN="1")
+    assert state == "COMPLETED", out
+    assert "on 2 node(s)" in out and "4 process(es) per node" in out
+    line = [x for x in out.splitlines() if "torch.distributed.run" in x][0].split()
+    assert line[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert "--nnodes=2" in line and "--nproc_per_node=4" in line and "--rdzv_backend=c10d" in line
+    assert any(x.startswith("--rdzv_endpoint=node1:") for x in line)
+    assert line[-4:] == ["-m", "sdft", "train", "my.yaml"]
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sbatch_two_node_training_completes_with_a_checkpoint(slurm_cluster, distilled, tmp_path):
+    path, _, clone = distilled
+    out = clone("slurm")
+    state, log = _submit(tmp_path, "--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1", LAUNCH / "slurm" / "sdft.sbatch",
+                         "train", path, f"output_dir={out}", "train.deepspeed=zero2", "train.grad_accum=1",
+                         "train.save_every=2", SDFT_NPROC_PER_NODE="1", SDFT_RDZV_PORT=str(free_port()))
+    assert state == "COMPLETED", log[-3000:]
+    assert (out / "train" / "checkpoints" / "step-000002" / "state.json").exists()
+    assert (out / "train" / "final" / "COMPLETE.json").exists()
+    assert "on 2 rank(s)" in log
