@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_run_record(Path(cfg.output_dir), args.command, resolved)
     stages = Stages(cfg, force=args.force)
-    from sdft.dist import runtime
+    from sdft.distributed import runtime
 
     try:
         for stage in COMMANDS[args.command]:

@@ -64,7 +64,7 @@ class Stages:
     def device(self):
         """This rank's device; joins the process group on first use when launched on several ranks."""
         if self._device is None:
-            from sdft.dist import runtime
+            from sdft.distributed import runtime
             from sdft.models.loading import pick_device
 
             device = pick_device(self.cfg.device)
@@ -111,7 +111,7 @@ class Stages:
                              "(or `sdft run` for the whole pipeline)")
 
     def _finish(self, stage: str, summary: dict, started: float) -> dict:
-        from sdft.dist import runtime
+        from sdft.distributed import runtime
 
         if runtime.rank() == 0:
             atomic_write_json(self._record_path(stage), {"inputs": self._expected(stage), "summary": summary,
@@ -125,7 +125,7 @@ class Stages:
         """Run one stage unless it is already complete with this config. Returns its summary."""
         if _UPSTREAM[stage]:
             self._require(_UPSTREAM[stage])
-        from sdft.dist import runtime
+        from sdft.distributed import runtime
 
         _ = self.device  # join the process group before any rank-dependent step
         if self.force:
@@ -155,7 +155,7 @@ class Stages:
         return examples, report
 
     def _distill(self) -> dict:
-        from sdft.dist import runtime
+        from sdft.distributed import runtime
         from sdft.distill.distill import distill
         from sdft.models.loading import load_seed, load_seed_zero3
 

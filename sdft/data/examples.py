@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sdft.config.schema import DataConfig
-from sdft.data.records import DataError, RawRecord, read_records
+from sdft.data.records import DataError, read_records
 
 log = logging.getLogger(__name__)
 

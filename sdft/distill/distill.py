@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sdft.config.schema import RunConfig
 from sdft.data.examples import Example
-from sdft.dist import runtime
+from sdft.distributed import runtime
 from sdft.distill.generation import GenerationSettings, generate_batches, plan_batches
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
 from sdft.utils.faults import maybe_kill

@@ -73,8 +73,8 @@ def load_seed_zero3(cfg: RunConfig, device: torch.device):
     from transformers.integrations import HfDeepSpeedConfig
 
     from sdft.config.schema import ConfigError
-    from sdft.dist import runtime
-    from sdft.dist.ds_config import fill_ds_config, load_ds_config, zero_stage
+    from sdft.distributed import runtime
+    from sdft.distributed.ds_config import fill_ds_config, load_ds_config, zero_stage
 
     raw, source = load_ds_config(cfg.distill.deepspeed)
     hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path)).hidden_size

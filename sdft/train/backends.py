@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sdft.dist import runtime
+from sdft.distributed import runtime
 from sdft.train.checkpoint import rng_state, set_rng_state, trainable_state
 
 

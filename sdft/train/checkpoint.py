@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sdft.dist import runtime
+from sdft.distributed import runtime
 from sdft.utils.io import atomic_publish_dir
 
 STATE = "state.json"

@@ -38,11 +38,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sdft.config.schema import RunConfig
-from sdft.dist import runtime
+from sdft.distributed import runtime
 from sdft.models.builtin import resolve_model_path
 from sdft.train.checkpoint import list_checkpoints, save_checkpoint
-from sdft.train.data import TokenizedSet, causal_lm_loss_sum, collate, global_batch_order
-from sdft.train.data import tokenize_rows
+from sdft.train.data import TokenizedSet, causal_lm_loss_sum, collate, global_batch_order, tokenize_rows
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_publish_dir, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -60,7 +59,7 @@ def deepspeed_config(cfg: RunConfig, hidden_size: int) -> dict | None:
     name = cfg.train.deepspeed or ("zero1" if runtime.is_distributed() else "")
     if not name:
         return None
-    from sdft.dist.ds_config import fill_ds_config, load_ds_config
+    from sdft.distributed.ds_config import fill_ds_config, load_ds_config
 
     raw, source = load_ds_config(name)
     return fill_ds_config(raw, cfg, runtime.world_size(), hidden_size, source)

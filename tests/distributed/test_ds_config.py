@@ -1,7 +1,7 @@
 import pytest
 
 from sdft.config import ConfigError, RunConfig
-from sdft.dist.ds_config import SHIPPED, fill_ds_config, load_ds_config, zero_stage
+from sdft.distributed.ds_config import SHIPPED, fill_ds_config, load_ds_config, zero_stage
 
 
 @pytest.mark.parametrize("name", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"])

@@ -47,14 +47,16 @@ def _losses(out):
     return [json.loads(x)["loss"] for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("ds", ["zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"])
-def test_two_rank_training_matches_one_rank(distilled, ds):
+@pytest.mark.parametrize("ds, micro, accum", [("zero1", 2, 1), ("zero2", 1, 2), ("zero2_offload", 2, 1),
+                                               ("zero3", 1, 2), ("zero3_offload", 2, 1)])
+def test_two_rank_training_matches_one_rank(distilled, ds, micro, accum):
     path, out, clone = distilled
     one = run_cli("train", str(path))  # plain PyTorch, global batch 2 x 2 x 1 = 4
     assert one.returncode == 0, one.stderr[-3000:]
     two_dir = clone(ds)
+    # Global batch micro x accum x 2 ranks = 4: the same examples in every step.
     two = run_torchrun(2, "train", str(path), f"output_dir={two_dir}", f"train.deepspeed={ds}",
-                       "train.grad_accum=1")  # global batch 2 x 1 x 2 = 4: the same examples per step
+                       f"train.micro_batch_size={micro}", f"train.grad_accum={accum}")
     assert two.returncode == 0, two.stderr[-3000:]
     assert f"DeepSpeed ZeRO-{ds[4]}" in two.stderr
     l1, l2 = _losses(out), _losses(two_dir)
@@ -66,7 +68,7 @@ def test_two_rank_training_matches_one_rank(distilled, ds):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
     resolved = json.loads((two_dir / "train" / "ds_config.json").read_text())
-    assert resolved["train_batch_size"] == 4 and resolved["train_micro_batch_size_per_gpu"] == 2
+    assert resolved["train_batch_size"] == 4 and resolved["train_micro_batch_size_per_gpu"] == micro
 
 
 def test_full_finetune_under_zero3_exports_a_gathered_model(distilled):
@@ -80,6 +82,17 @@ def test_full_finetune_under_zero3_exports_a_gathered_model(distilled):
     model = AutoModelForCausalLM.from_pretrained(d / "train" / "final")
     assert all(p.numel() > 0 for p in model.parameters())  # real tensors, not empty ZeRO-3 shards
     assert _losses(d)[-1] < _losses(d)[0]
+
+
+def test_bf16_under_zero2_trains(distilled):
+    path, _, clone = distilled
+    d = clone("bf16")
+    res = run_torchrun(2, "train", str(path), f"output_dir={d}", "train.deepspeed=zero2", "train.precision=bf16",
+                       "train.grad_accum=1", "train.max_steps=6")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((d / "train" / "ds_config.json").read_text())["bf16"]["enabled"] is True
+    losses = _losses(d)
+    assert len(losses) == 6 and losses[-1] < losses[0]
 
 
 def test_killed_two_rank_training_resumes_to_the_same_weights(distilled):
