@@ -143,8 +143,8 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
         backend = DeepSpeedBackend(model, optimizer, scheduler, ds)
         if main:
             atomic_write_json(out_dir / "ds_config.json", ds)
-            log.info("train: DeepSpeed ZeRO-%d on %d rank(s); resolved config in %s",
-                     backend.stage, runtime.world_size(), out_dir / "ds_config.json")
+            log.info("train: DeepSpeed ZeRO-%d on %d rank(s); resolved config (saved in %s):\n%s",
+                     backend.stage, runtime.world_size(), out_dir / "ds_config.json", json.dumps(ds, indent=2))
 
     fingerprint = _fingerprint(cfg, data)
     ckpt_root = out_dir / "checkpoints"

@@ -84,6 +84,22 @@ def test_full_finetune_under_zero3_exports_a_gathered_model(distilled):
     assert _losses(d)[-1] < _losses(d)[0]
 
 
+def test_a_users_own_stage0_config_path_works(distilled, tmp_path):
+    path, out, clone = distilled
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"zero_optimization": {"stage": 0}, "gradient_accumulation_steps": 1,
+                                "train_micro_batch_size_per_gpu": "auto"}))
+    one = run_cli("train", str(path))
+    assert one.returncode == 0, one.stderr[-3000:]
+    d = clone("stage0")
+    res = run_torchrun(2, "train", str(path), f"output_dir={d}", f"train.deepspeed={mine}", "train.grad_accum=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "DeepSpeed ZeRO-0 on 2 rank(s)" in res.stderr and '"train_batch_size": 4' in res.stderr
+    assert _losses(d) == pytest.approx(_losses(out), rel=2e-4)
+    bad = run_torchrun(2, "train", str(path), f"output_dir={clone('stage0-bad')}", f"train.deepspeed={mine}")
+    assert bad.returncode != 0 and "gradient_accumulation_steps=1 contradicts train.grad_accum (= 2)" in bad.stderr
+
+
 def test_bf16_under_zero2_trains(distilled):
     path, _, clone = distilled
     d = clone("bf16")
