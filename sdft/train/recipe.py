@@ -177,13 +177,15 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not main)
     meta = {"fingerprint": fingerprint, "total_steps": steps}
     order = None
+    # Response tokens per example (what the loss is averaged over), counted once.
+    n_targets = [sum(1 for y in labels[1:] if y != -100) for labels in data.labels]
     for step in range(start, steps):
         epoch = step // per_epoch
         if order is None or order[0] != epoch:
             order = (epoch, global_batch_order(len(data), t.seed, epoch))
         g = global_batch_size(cfg)
         batch_ids = order[1][(step % per_epoch) * g:(step % per_epoch + 1) * g]
-        n_tok = sum(sum(1 for y in data.labels[i][1:] if y != -100) for i in batch_ids)
+        n_tok = sum(n_targets[i] for i in batch_ids)
         loss_sum_local = 0.0
         for a in range(t.grad_accum):
             k = (a * world + r) * t.micro_batch_size
