@@ -57,7 +57,7 @@ class Stages:
     def __init__(self, cfg: RunConfig, force: bool = False):
         self.cfg, self.force = cfg, force
         self.root = Path(cfg.output_dir)
-        self._device = self._tok = None
+        self._device = self._tok = self._examples = None
 
     # -- shared state, loaded once per command ------------------------------------------------
     @property
@@ -147,12 +147,14 @@ class Stages:
 
     # -- the stages ---------------------------------------------------------------------------
     def train_examples(self):
-        from sdft.data.examples import load_examples
+        """The training examples and load report, read once per command (distill and filter share them)."""
+        if self._examples is None:
+            from sdft.data.examples import load_examples
 
-        if not self.cfg.data.train:
-            raise StageError("data.train is not set: name the training data file")
-        examples, report = load_examples(self.cfg.data.train, self.cfg.data, limit=self.cfg.data.limit)
-        return examples, report
+            if not self.cfg.data.train:
+                raise StageError("data.train is not set: name the training data file")
+            self._examples = load_examples(self.cfg.data.train, self.cfg.data, limit=self.cfg.data.limit)
+        return self._examples
 
     def _distill(self) -> dict:
         from sdft.distributed import runtime

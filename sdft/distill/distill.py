@@ -30,7 +30,7 @@ from pathlib import Path
 from sdft.config.schema import RunConfig
 from sdft.data.examples import Example
 from sdft.distributed import runtime
-from sdft.distill.generation import GenerationSettings, generate_batches, plan_batches
+from sdft.distill.generation import GenerationSettings, generate_batches, generate_texts, plan_batches
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl_tail
@@ -38,12 +38,6 @@ from sdft.utils.io import append_jsonl, atomic_write_json, atomic_write_text, re
 log = logging.getLogger(__name__)
 
 REWRITES = "rewrites.jsonl"
-
-
-def distill_settings(cfg: RunConfig) -> GenerationSettings:
-    d = cfg.distill
-    return GenerationSettings(max_new_tokens=d.max_new_tokens, do_sample=d.do_sample, temperature=d.temperature,
-                              top_p=d.top_p, top_k=d.top_k, seed=d.seed, batch_size=d.batch_size)
 
 
 def _record_of_settings(cfg: RunConfig, settings: GenerationSettings) -> dict:
@@ -83,7 +77,7 @@ def read_done(out_dir: Path, repair: bool = False) -> dict[str, dict]:
 def distill(cfg: RunConfig, examples: list[Example], out_dir: Path, model, tok) -> dict:
     """Generate a rewrite for every example not done yet; call on every rank. Returns a summary."""
     world, rank = runtime.world_size(), runtime.rank()
-    settings = distill_settings(cfg)
+    settings = GenerationSettings.from_section(cfg.distill)
     record = _record_of_settings(cfg, settings)
     gen_cfg = out_dir / "generation_config.json"
     if gen_cfg.exists() and json.loads(gen_cfg.read_text()) != record:
@@ -150,29 +144,22 @@ def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, settings: Gener
     import deepspeed
     import torch
 
-    from sdft.distill.generation import left_pad
-
     rank = runtime.rank()
     # Every rank knows every shard and the done set, so all agree on the number of calls without talking.
     plans = [[[i for i in b if i not in done] for b in plan_batches({i: prompts[i] for i in s}, settings.batch_size)]
              for s in shards]
     plans = [[b for b in p if b] for p in plans]
     calls = max(len(p) for p in plans)
-    device = next(model.parameters()).device
-    eos = model.generation_config.eos_token_id or tok.eos_token_id
-    stand_in = [tok.eos_token_id]
+    gather = cfg.distill.zero3_gather
     for index in range(calls):
         batch = plans[rank][index] if index < len(plans[rank]) else None
         torch.manual_seed(settings.seed + index)
-        ids, mask = left_pad([prompts[i] for i in batch] if batch else [stand_in], tok.pad_token_id, device)
-        gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-                  if cfg.distill.zero3_gather else contextlib.nullcontext())
-        with gather, torch.no_grad():
-            if batch or not cfg.distill.zero3_gather:
-                out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
-                                     eos_token_id=eos, synced_gpus=not cfg.distill.zero3_gather,
-                                     **settings.generate_kwargs())
+        with (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) if gather
+              else contextlib.nullcontext()):
+            if batch:
+                texts = generate_texts(model, tok, [prompts[i] for i in batch], settings, synced_gpus=not gather)
+            elif not gather:  # a stand-in prompt keeps this rank in every per-layer gather
+                generate_texts(model, tok, [[tok.eos_token_id]], settings, synced_gpus=True)
         if batch:
-            texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-            append_jsonl(_part(out_dir, rank), _records({i: t.strip() for i, t in zip(batch, texts)}, prompts))
+            append_jsonl(_part(out_dir, rank), _records(dict(zip(batch, texts)), prompts))
             maybe_kill("distill_batch")

@@ -9,7 +9,7 @@ its remaining batches exactly as an unbroken run would.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,12 @@ class GenerationSettings:
     top_k: int = 50
     seed: int = 42
     batch_size: int = 8
+
+    @classmethod
+    def from_section(cls, section, **overrides) -> "GenerationSettings":
+        """From ``cfg.distill`` or ``cfg.eval`` (same field names), with optional overrides."""
+        values = {f.name: getattr(section, f.name) for f in fields(cls)}
+        return cls(**{**values, **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +63,15 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
+def generate_texts(model, tok, seqs: list[list[int]], settings: GenerationSettings, synced_gpus: bool = False) -> list[str]:
+    """Generate for one batch of prompt ids; returns the new tokens' text (no specials, stripped)."""
+    ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
+    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
+                         eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id,
+                         synced_gpus=synced_gpus, **settings.generate_kwargs())
+    return [t.strip() for t in tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+
+
 def generate_batches(model, tok, prompts: dict[str, list[int]], settings: GenerationSettings,
                      skip: set[str] | frozenset = frozenset(), desc: str = "generate") -> Iterator[dict[str, str]]:
     """Yield ``{id: generated text}`` per batch, for every id in ``prompts`` not in ``skip``.
@@ -64,20 +79,15 @@ def generate_batches(model, tok, prompts: dict[str, list[int]], settings: Genera
     ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
     special tokens), stripped of surrounding whitespace.
     """
-    device = next(model.parameters()).device
     batches = plan_batches(prompts, settings.batch_size)
     todo = sum(1 for b in batches for i in b if i not in skip)
     bar = tqdm(total=todo, desc=desc, unit="ex", disable=not is_main_process() or todo == 0)
-    eos = model.generation_config.eos_token_id or tok.eos_token_id
     for index, batch in enumerate(batches):
         batch = [i for i in batch if i not in skip]
         if not batch:
             continue
         torch.manual_seed(settings.seed + index)
-        ids, mask = left_pad([prompts[i] for i in batch], tok.pad_token_id, device)
-        out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
-                             eos_token_id=eos, **settings.generate_kwargs())
-        texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        texts = generate_texts(model, tok, [prompts[i] for i in batch], settings)
         bar.update(len(batch))
-        yield {i: t.strip() for i, t in zip(batch, texts)}
+        yield dict(zip(batch, texts))
     bar.close()

@@ -28,13 +28,6 @@ from sdft.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 log = logging.getLogger(__name__)
 
 
-def eval_settings(cfg: RunConfig, max_new_tokens: int | None = None, do_sample: bool | None = None) -> GenerationSettings:
-    e = cfg.eval
-    return GenerationSettings(max_new_tokens=max_new_tokens or e.max_new_tokens,
-                              do_sample=e.do_sample if do_sample is None else do_sample, temperature=e.temperature,
-                              top_p=e.top_p, top_k=e.top_k, seed=e.seed, batch_size=e.batch_size)
-
-
 def task_accuracy(model, tok, examples: list[Example], template: str, checker: str,
                   settings: GenerationSettings, predictions_path: Path) -> dict:
     """Generate an answer per held-out example and judge it with the checker gate."""
@@ -59,7 +52,8 @@ def retention_template(tok) -> str:
 
 def seed_responses(cfg: RunConfig, seed_model, tok, prompts: list[Example], out_dir: Path) -> list[dict]:
     """The seed's greedy answers to the general prompts, cached (keyed by settings) in the eval folder."""
-    settings = eval_settings(cfg, max_new_tokens=cfg.eval.retention_max_new_tokens, do_sample=False)
+    settings = GenerationSettings.from_section(cfg.eval, max_new_tokens=cfg.eval.retention_max_new_tokens,
+                                               do_sample=False)
     template = retention_template(tok)
     key = {"model": cfg.model.path, "template": template, **settings.to_dict()}
     cache = out_dir / "seed_responses.jsonl"
@@ -88,7 +82,7 @@ def evaluate(cfg: RunConfig, out_dir: Path, tok, device: torch.device) -> dict:
         raise ValueError("nothing to evaluate: set data.test and/or data.general_prompts")
     template = cfg.eval.template or cfg.train.template
     checker = cfg.task_checker()
-    settings = eval_settings(cfg)
+    settings = GenerationSettings.from_section(cfg.eval)
     seed_model = load_seed(cfg, device)
     results: dict[str, dict] = {"seed": {}, "tuned": {}}
     retention_set = None

@@ -45,9 +45,21 @@ class LocalBackend:
                     "rng": rng_state()}, path / "training_state.pt")
 
     def load(self, path: Path) -> None:
-        from sdft.train.checkpoint import load_local_checkpoint
+        from safetensors.torch import load_file
 
-        load_local_checkpoint(path, self.module, self.optimizer, self.scheduler)
+        weights = load_file(str(path / "trainable.safetensors"))
+        params = dict(self.module.named_parameters())
+        mismatch = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
+        if mismatch:
+            raise RuntimeError(f"{path}: checkpoint does not match the model's trainable parameters (e.g. "
+                               f"{sorted(mismatch)[0]}); was it written with another train.method or LoRA config?")
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+        blob = torch.load(path / "training_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.module)

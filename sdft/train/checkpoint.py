@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
 from sdft.distributed import runtime
 from sdft.utils.io import atomic_publish_dir
 
@@ -72,20 +70,3 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     if not ckpt_root.exists():
         return []
     return sorted(p for p in ckpt_root.glob("step-*") if (p / STATE).exists())
-
-
-def load_local_checkpoint(path: Path, model, optimizer, scheduler) -> None:
-    """Restore weights, optimizer, scheduler and RNG written by ``LocalBackend.save``."""
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
-    if missing:
-        raise RuntimeError(f"{path}: checkpoint does not match the model's trainable parameters "
-                           f"(e.g. {sorted(missing)[0]}); was it written with another train.method or LoRA config?")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    blob = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])

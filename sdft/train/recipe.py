@@ -75,7 +75,8 @@ def build_model(cfg: RunConfig, device: torch.device, ds: dict | None):
 
         keep_alive = HfDeepSpeedConfig(ds)  # from_pretrained now loads straight into partitions (zero.Init)
     model = load_model(cfg.model.path, cfg.model.dtype, device)
-    model._sdft_ds_ref = keep_alive  # transformers holds it weakly; it must outlive loading
+    if keep_alive is not None:
+        model._sdft_ds_ref = keep_alive  # transformers holds it weakly; it must outlive the run
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -221,7 +222,6 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     bar.close()
     if writer:
         writer.close()
-    history = read_jsonl(log_path) if main else []
     summary = {"steps": steps, "examples": len(data), "skipped_overlength": len(data.skipped_overlength),
                "world_size": world, "zero_stage": getattr(backend, "stage", None),
                "trainable_parameters": n_trainable, "total_parameters": n_total,

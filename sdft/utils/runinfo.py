@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -16,11 +15,9 @@ _PACKAGES = ("sdft", "torch", "transformers", "datasets", "peft", "safetensors",
              "bitsandbytes", "accelerate", "tokenizers", "gguf", "numpy")
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def is_main_process() -> bool:
+    from sdft.distributed.runtime import rank
+
     return rank() == 0
 
 

@@ -43,6 +43,13 @@ def test_two_rank_distill_equals_one_rank(tiny_config, tmp_path, mode):
     assert not list((out / "distill").glob("rewrites.part-*"))
 
 
+def _train2(path, out, *overrides):
+    """A 2-rank ``sdft train`` into ``out`` that must succeed."""
+    res = run_torchrun(2, "train", str(path), f"output_dir={out}", *overrides)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def _losses(out):
     return [json.loads(x)["loss"] for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
 
@@ -55,9 +62,7 @@ def test_two_rank_training_matches_one_rank(distilled, ds, micro, accum):
     assert one.returncode == 0, one.stderr[-3000:]
     two_dir = clone(ds)
     # Global batch micro x accum x 2 ranks = 4: the same examples in every step.
-    two = run_torchrun(2, "train", str(path), f"output_dir={two_dir}", f"train.deepspeed={ds}",
-                       f"train.micro_batch_size={micro}", f"train.grad_accum={accum}")
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = _train2(path, two_dir, f"train.deepspeed={ds}", f"train.micro_batch_size={micro}", f"train.grad_accum={accum}")
     assert f"DeepSpeed ZeRO-{ds[4]}" in two.stderr
     l1, l2 = _losses(out), _losses(two_dir)
     assert len(l1) == len(l2) == 3
@@ -74,9 +79,7 @@ def test_two_rank_training_matches_one_rank(distilled, ds, micro, accum):
 def test_full_finetune_under_zero3_exports_a_gathered_model(distilled):
     path, _, clone = distilled
     d = clone("full")
-    res = run_torchrun(2, "train", str(path), f"output_dir={d}", "train.deepspeed=zero3", "train.method=full",
-                       "train.grad_accum=1", "train.lr=1e-3")
-    assert res.returncode == 0, res.stderr[-3000:]
+    _train2(path, d, "train.deepspeed=zero3", "train.method=full", "train.grad_accum=1", "train.lr=1e-3")
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(d / "train" / "final")
@@ -92,8 +95,7 @@ def test_a_users_own_stage0_config_path_works(distilled, tmp_path):
     one = run_cli("train", str(path))
     assert one.returncode == 0, one.stderr[-3000:]
     d = clone("stage0")
-    res = run_torchrun(2, "train", str(path), f"output_dir={d}", f"train.deepspeed={mine}", "train.grad_accum=1")
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = _train2(path, d, f"train.deepspeed={mine}", "train.grad_accum=1")
     assert "DeepSpeed ZeRO-0 on 2 rank(s)" in res.stderr and '"train_batch_size": 4' in res.stderr
     assert _losses(d) == pytest.approx(_losses(out), rel=2e-4)
     bad = run_torchrun(2, "train", str(path), f"output_dir={clone('stage0-bad')}", f"train.deepspeed={mine}")
@@ -103,9 +105,7 @@ def test_a_users_own_stage0_config_path_works(distilled, tmp_path):
 def test_bf16_under_zero2_trains(distilled):
     path, _, clone = distilled
     d = clone("bf16")
-    res = run_torchrun(2, "train", str(path), f"output_dir={d}", "train.deepspeed=zero2", "train.precision=bf16",
-                       "train.grad_accum=1", "train.max_steps=6")
-    assert res.returncode == 0, res.stderr[-3000:]
+    _train2(path, d, "train.deepspeed=zero2", "train.precision=bf16", "train.grad_accum=1", "train.max_steps=6")
     assert json.loads((d / "train" / "ds_config.json").read_text())["bf16"]["enabled"] is True
     losses = _losses(d)
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -120,11 +120,9 @@ def test_killed_two_rank_training_resumes_to_the_same_weights(distilled):
                           retry=False)
     assert killed.returncode != 0
     assert [p.name for p in (broken / "train" / "checkpoints").glob("step-*")] == ["step-000002"]
-    resumed = run_torchrun(2, "train", str(path), f"output_dir={broken}", *over)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _train2(path, broken, *over)
     assert "resuming from step-000002 (step 2 of 4)" in resumed.stderr
-    ref = run_torchrun(2, "train", str(path), f"output_dir={unbroken}", *over)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    _train2(path, unbroken, *over)
     a = load_file(str(broken / "train" / "final" / "adapter_model.safetensors"))
     b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
     for k in a:
