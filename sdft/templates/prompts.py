@@ -74,6 +74,11 @@ def _encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_plain(tok, text: str) -> list[int]:
+    """``text`` as a raw completion prompt (no template), with BOS if the tokenizer adds one."""
+    return _bos_prefix(tok) + _encode(tok, text)
+
+
 def _chat_messages(instruction: str, system: str, user_text: str | None = None) -> list[dict]:
     msgs = [{"role": "system", "content": system}] if system else []
     msgs.append({"role": "user", "content": user_text if user_text is not None else instruction})
@@ -109,7 +114,7 @@ def encode_prompt(tok, template: str, instruction: str, reference: str | None = 
         text = tok.apply_chat_template(_chat_messages(instruction, system, user), tokenize=False,
                                        add_generation_prompt=True)
         return _encode(tok, text)
-    return _bos_prefix(tok) + _encode(tok, prompt_text(template, instruction, reference))
+    return encode_plain(tok, prompt_text(template, instruction, reference))
 
 
 def encode_example(tok, template: str, instruction: str, response: str, system: str = "") -> tuple[list[int], list[int]]:

@@ -51,6 +51,12 @@ def test_comma_list_override(tmp_path):
     ({}, ["data.test=t.jsonl", "filter.gates=[ban_list]"], r"no gate can judge task answers"),
     ({}, ["eval.template=chatml"], r"eval\.template='chatml'"),
     ({}, ["nonsense"], r"expected key=value"),
+    ({}, ["eval.evaluators=[task,mmlu]"], r"eval\.evaluators: unknown evaluator 'mmlu'"),
+    ({}, ["eval.evaluators=[task,task]"], r"listed twice"),
+    ({}, ["eval.seeds=[1,2]"], r"eval\.seeds=\[1, 2\] but eval\.do_sample is false"),
+    ({}, ["eval.seeds=[]"], r"eval\.seeds=\[\]: give one or more"),
+    ({}, ["eval.evaluators=[lm_eval]"], r"lm_eval but eval\.lm_eval_tasks is empty"),
+    ({}, ["eval.humaneval_timeout=0"], r"eval\.humaneval_timeout=0"),
     ({"train": [1, 2]}, [], r"train in .*expected a mapping"),
 ])
 def test_bad_config_is_refused_with_the_option_named(tmp_path, raw, overrides, match):

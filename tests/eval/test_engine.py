@@ -1,0 +1,83 @@
+"""The evaluation engine: seeds, spread, which evaluators run, and per-model caching."""
+
+import statistics
+
+import pytest
+import torch
+
+from sdft.config.schema import RunConfig
+from sdft.eval.base import EvalError, Evaluator, Metric
+from sdft.eval.engine import ModelSpec, build_evaluators, evaluate_models
+
+
+class Counting(Evaluator):
+    """Returns the seed as its score, so the aggregation is checkable; counts its runs."""
+
+    name = "task"
+    metrics = {"score": Metric("score")}
+
+    def __init__(self, sampled=True):
+        self.sampled, self.calls = sampled, []
+
+    def key(self, ctx):
+        return {"v": ctx.cfg.eval.max_new_tokens}
+
+    def run(self, model, model_name, ctx, seed):
+        self.calls.append((model_name, seed))
+        return {"score": float(seed) + model, "n": 10}
+
+
+def _run(tmp_path, monkeypatch, evaluators, **eval_values):
+    import sdft.eval.engine as engine
+
+    cfg = RunConfig()
+    for k, v in eval_values.items():
+        setattr(cfg.eval, k, v)
+    monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
+    models = {"seed": ModelSpec(lambda: 0, {"p": "seed"}), "tuned": ModelSpec(lambda: 100, {"p": "tuned"})}
+    return evaluate_models(cfg, None, torch.device("cpu"), 0, models, tmp_path)[0]
+
+
+def test_sampled_evaluators_run_once_per_seed_with_mean_and_spread(tmp_path, monkeypatch):
+    sampled, greedy = Counting(), Counting(sampled=False)
+    greedy.name = "retention"
+    results = _run(tmp_path, monkeypatch, [sampled, greedy], do_sample=True, seeds=[1, 2, 6])
+    assert [s for m, s in sampled.calls if m == "tuned"] == [1, 2, 6]
+    assert [s for m, s in greedy.calls if m == "tuned"] == [1]
+    tuned = results["tuned"]
+    assert tuned["metrics"]["score"] == pytest.approx(103.0)
+    assert tuned["std"]["score"] == pytest.approx(statistics.stdev([101.0, 102.0, 106.0]))
+    assert tuned["metrics"]["n"] == 10 and isinstance(tuned["metrics"]["n"], int)
+    assert set(tuned["per_seed"]) == {"1", "2", "6"}
+
+
+def test_greedy_runs_once_and_has_no_spread(tmp_path, monkeypatch):
+    ev = Counting()
+    results = _run(tmp_path, monkeypatch, [ev])
+    assert len(ev.calls) == 2 and results["seed"]["std"] == {} and results["seed"]["metrics"]["score"] == 42.0
+
+
+def test_results_are_cached_per_model_and_redone_when_a_setting_changes(tmp_path, monkeypatch):
+    first = Counting()
+    _run(tmp_path, monkeypatch, [first])
+    again = Counting()
+    _run(tmp_path, monkeypatch, [again])
+    assert again.calls == []  # a resumed evaluation reuses every finished model
+    (tmp_path / "results" / "tuned.json").unlink()
+    _run(tmp_path, monkeypatch, [again])
+    assert again.calls == [("tuned", 42)]
+    changed = Counting()
+    _run(tmp_path, monkeypatch, [changed], max_new_tokens=7)
+    assert len(changed.calls) == 2
+
+
+def test_evaluators_without_their_data_are_skipped(tmp_path):
+    cfg = RunConfig()
+    cfg.eval.evaluators = ["task", "retention", "safety"]
+    assert [e.name for e in build_evaluators(cfg)] == ["safety"]
+    cfg.data.general_prompts = "g.jsonl"
+    assert [e.name for e in build_evaluators(cfg)] == ["retention", "safety"]
+    only_task = RunConfig()
+    only_task.eval.evaluators = ["task"]
+    with pytest.raises(EvalError, match="nothing to evaluate"):
+        build_evaluators(only_task)

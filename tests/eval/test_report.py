@@ -1,0 +1,44 @@
+import json
+import math
+
+from sdft.eval.base import Evaluator, Metric
+from sdft.eval.report import spread, verdict, write_report
+
+
+class Fake(Evaluator):
+    name = "task"
+    metrics = {"acc": Metric("accuracy", True, "total"), "kl": Metric("KL", False), "total": Metric("n", None)}
+
+
+def _result(acc, kl, std=None):
+    return {"metrics": {"acc": acc, "kl": kl, "total": 100}, "std": std or {}, "per_seed": {}}
+
+
+def test_spread_is_seed_std_else_binomial_standard_error():
+    info = Fake.metrics["acc"]
+    assert spread(_result(0.5, 0.0), "acc", info) == math.sqrt(0.25 / 100)
+    assert spread(_result(0.5, 0.0, {"acc": 0.2}), "acc", info) == 0.2
+    assert spread(_result(0.5, 0.0), "kl", Fake.metrics["kl"]) is None
+
+
+def test_verdict_uses_direction_and_noise():
+    acc, kl = Fake.metrics["acc"], Fake.metrics["kl"]
+    results = {"vanilla": _result(0.50, 0.30), "sdft": _result(0.52, 0.10)}
+    assert verdict(results, "acc", acc) == "within noise"  # 2 points on 100 examples
+    assert verdict(results, "kl", kl) == "sdft better"  # lower KL, no spread known
+    results = {"vanilla": _result(0.80, 0.1), "sdft": _result(0.50, 0.1)}
+    assert verdict(results, "acc", acc) == "vanilla better" and verdict(results, "kl", kl) == "equal"
+
+
+def test_report_files(tmp_path):
+    results = {"seed": _result(0.3, 0.0), "vanilla": _result(0.6, 0.4), "sdft": _result(0.55, 0.1)}
+    report = write_report(tmp_path, results, [Fake()], {"model": "m"}, {"sdft": {"rewrites_kept": "5/10"}})
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["delta_vs_seed"]["vanilla"]["acc"] == report["delta_vs_seed"]["vanilla"]["acc"]
+    assert saved["delta_vs_seed"]["sdft"]["kl"] == 0.1 and "total" not in saved["delta_vs_seed"]["sdft"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| accuracy | ↑ | 0.3 ± 0.046 | 0.6 ± 0.049 | 0.55 ± 0.05 | 0.3 | 0.25 | within noise |" in md
+    assert "| KL | ↓ | 0 | 0.4 | 0.1 | 0.4 | 0.1 | sdft better |" in md
+    assert "rewrites_kept: 5/10" in md
+    png = tmp_path / "plots" / "task.png"
+    assert saved["plots"] == ["plots/task.png"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
