@@ -70,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     from sdft.pipeline import StageError, Stages
     from sdft.templates.prompts import TemplateError
 
+    from sdft.models.loading import pick_device
+    from sdft.models.quantized import preflight
+
+    try:
+        preflight(cfg, pick_device(cfg.device))
+    except (ConfigError, RuntimeError) as e:
+        print(f"sdft: config error: {e}", file=sys.stderr)
+        return 2
     write_run_record(Path(cfg.output_dir), args.command, resolved)
     stages = Stages(cfg, force=args.force)
     from sdft.distributed import runtime

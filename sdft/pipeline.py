@@ -164,13 +164,13 @@ class Stages:
     def _distill(self) -> dict:
         from sdft.distributed import runtime
         from sdft.distill.distill import distill
-        from sdft.models.loading import load_seed, load_seed_zero3
+        from sdft.models.loading import load_distill_seed, load_seed_zero3
 
         examples, report = self.train_examples()
         if self.cfg.distill.mode == "zero3" and runtime.is_distributed():
             model = load_seed_zero3(self.cfg, self.device)
         else:
-            model = load_seed(self.cfg, self.device)
+            model = load_distill_seed(self.cfg, self.device)
         summary = distill(self.cfg, examples, self.root / "distill", model, self.tok)
         return {**summary, "skipped_records": report.skipped}
 

@@ -99,6 +99,10 @@ class DistillConfig:
     model's memory transiently) instead of gathering each layer at every token (``false``: slow, lean)."""
     deepspeed: str = "zero3"
     """zero3 mode: DeepSpeed config (a name in ds_configs/ or a path)."""
+    quantized: bool = False
+    """Generate with the seed quantized to 4 bits (``train.qlora_*`` settings) instead of in
+    ``model.dtype``. Off by default: SDFT wants the seed's own distribution; recorded in
+    generation_config.json."""
 
 
 @dataclass
@@ -113,8 +117,9 @@ class FilterConfig:
 class TrainConfig:
     """Step 3: supervised fine-tuning on the filtered data. Defaults are the paper's LoRA recipe."""
 
-    method: Literal["lora", "full"] = "lora"
-    """``lora``: train adapters only; ``full``: train every weight."""
+    method: Literal["lora", "full", "qlora"] = "lora"
+    """``lora``: train adapters only; ``full``: train every weight; ``qlora``: LoRA adapters on a base
+    quantized to 4 bits at load (bitsandbytes), norms and head kept in higher precision."""
     template: Literal["alpaca", "math", "math_infer", "chat"] = "alpaca"
     """Task template for training (the rewrite template is never used here)."""
     lora_r: int = 8
@@ -125,6 +130,15 @@ class TrainConfig:
     """Dropout on the LoRA input."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Module names to adapt, or ["all-linear"]."""
+    qlora_quant_type: Literal["nf4", "fp4"] = "nf4"
+    """qlora: 4-bit data type of the base weights."""
+    qlora_double_quant: bool = True
+    """qlora: quantize the per-block scales too (about 0.4 bit per weight saved)."""
+    qlora_compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """qlora: dtype the 4-bit weights are dequantized to for each matmul."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
+    """``adamw`` (torch), or bitsandbytes' 8-bit and/or paged AdamW (optimizer state in 8 bits, and/or
+    in paged memory that moves to the CPU when the GPU runs short)."""
     lr: float = 1e-4
     """Peak AdamW learning rate."""
     weight_decay: float = 0.0
@@ -226,8 +240,9 @@ class EvalConfig:
 class ExportConfig:
     """Step 5: a standalone transformers folder."""
 
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the saved weights."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Dtype of the saved weights; ``auto``: bfloat16 after qlora (the dequantized 4-bit base),
+    else ``model.dtype``."""
 
 
 @dataclass
@@ -267,8 +282,11 @@ class RunConfig:
                 raise ConfigError(f"{name}: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
         if self.train.max_steps == 0 and self.train.epochs == 0:
             raise ConfigError("train.epochs and train.max_steps are both 0: set one of them")
-        if not self.train.lora_targets and self.train.method == "lora":
+        if not self.train.lora_targets and self.train.method in ("lora", "qlora"):
             raise ConfigError("train.lora_targets is empty: name modules (e.g. [q_proj, v_proj]) or [all-linear]")
+        if self.distill.quantized and self.distill.mode == "zero3":
+            raise ConfigError("distill.quantized=true with distill.mode=zero3: generate 4-bit in replica mode "
+                              "(a 4-bit model fits where ZeRO-3 partitioning was needed)")
         if self.eval.template and self.eval.template not in TASK_TEMPLATES:
             raise ConfigError(f"eval.template={self.eval.template!r}: unknown; choose one of {list(TASK_TEMPLATES)}")
         # Gate names are checked here too, so a typo fails before hours of generation.

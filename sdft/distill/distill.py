@@ -41,8 +41,11 @@ REWRITES = "rewrites.jsonl"
 
 
 def _record_of_settings(cfg: RunConfig, settings: GenerationSettings) -> dict:
-    return {"model": cfg.model.path, "dtype": cfg.model.dtype, "template": cfg.distill.template,
-            "cutoff_len": cfg.distill.cutoff_len, **settings.to_dict()}
+    t = cfg.train
+    precision = (f"4-bit {t.qlora_quant_type} (double quant {t.qlora_double_quant}, compute {t.qlora_compute_dtype})"
+                 if cfg.distill.quantized else cfg.model.dtype)
+    return {"model": cfg.model.path, "dtype": cfg.model.dtype, "precision": precision,
+            "template": cfg.distill.template, "cutoff_len": cfg.distill.cutoff_len, **settings.to_dict()}
 
 
 def balanced_shards(lengths: dict[str, int], world: int) -> list[list[str]]:

@@ -33,21 +33,45 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, dtype: str, device: torch.device, adapter: str | Path | None = None):
-    """Load a causal LM from a local folder (``builtin:`` names resolved), optionally with a LoRA
-    adapter folder on top. Returned in eval mode on ``device``."""
+def load_model(path: str, dtype: str, device: torch.device, adapter: str | Path | None = None,
+               quantization=None, zero3: bool = False):
+    """Load a causal LM from a local folder (``builtin:`` names resolved), optionally quantized at load
+    (a ``BitsAndBytesConfig``) and with a LoRA adapter folder on top. Returned in eval mode on ``device``.
+    ``zero3``: loading into ZeRO-3 partitions, which place themselves (no device_map)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=_DTYPES[dtype])
+    kwargs = {}
+    if quantization is not None:
+        kwargs = {"quantization_config": quantization, **({} if zero3 else {"device_map": {"": device}})}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=_DTYPES[dtype], **kwargs)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    return model.to(device).eval()
+    if quantization is None:  # a quantized model is placed at load and refuses .to()
+        model = model.to(device)
+    return model.eval()
+
+
+def load_4bit(cfg: RunConfig, device: torch.device, adapter: str | Path | None = None, zero3: bool = False):
+    """The seed quantized to 4 bits with the ``train.qlora_*`` settings (for QLoRA, its evaluation, and
+    ``distill.quantized``). ``zero3``: store the packed weights in ``model.dtype`` so ZeRO-3 can
+    partition them with the rest of the model."""
+    from sdft.models.quantized import bnb_config, check_backend
+
+    check_backend(device, cfg.train)
+    storage = _DTYPES[cfg.model.dtype] if zero3 else torch.uint8
+    return load_model(cfg.model.path, cfg.model.dtype, device, adapter=adapter,
+                      quantization=bnb_config(cfg.train, storage), zero3=zero3)
 
 
 def load_seed(cfg: RunConfig, device: torch.device):
     return load_model(cfg.model.path, cfg.model.dtype, device)
+
+
+def load_distill_seed(cfg: RunConfig, device: torch.device):
+    """The seed for distillation: in ``model.dtype``, or 4-bit with ``distill.quantized``."""
+    return load_4bit(cfg, device) if cfg.distill.quantized else load_seed(cfg, device)
 
 
 def load_tuned(cfg: RunConfig, device: torch.device):
@@ -55,6 +79,8 @@ def load_tuned(cfg: RunConfig, device: torch.device):
     final = Path(cfg.output_dir) / "train" / "final"
     if not (final / "COMPLETE.json").exists():
         raise FileNotFoundError(f"{final}: no finished training output; run `sdft train` first")
+    if cfg.train.method == "qlora":  # evaluated as it was trained: the 4-bit base under the adapter
+        return load_4bit(cfg, device, adapter=final)
     if (final / "adapter_config.json").exists():
         return load_model(cfg.model.path, cfg.model.dtype, device, adapter=final)
     return load_model(str(final), cfg.model.dtype, device)

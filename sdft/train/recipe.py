@@ -66,21 +66,32 @@ def deepspeed_config(cfg: RunConfig, hidden_size: int) -> dict | None:
 
 
 def build_model(cfg: RunConfig, device: torch.device, ds: dict | None):
-    """The seed model made trainable: LoRA adapters (only they train) or every weight."""
-    from sdft.models.loading import load_model
+    """The seed model made trainable: LoRA adapters (only they train, on a 4-bit base for qlora) or
+    every weight."""
+    from sdft.models.loading import load_4bit, load_model
 
     keep_alive = None
-    if ds is not None and int(ds.get("zero_optimization", {}).get("stage", 0)) == 3:
+    zero3 = ds is not None and int(ds.get("zero_optimization", {}).get("stage", 0)) == 3
+    if zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
         keep_alive = HfDeepSpeedConfig(ds)  # from_pretrained now loads straight into partitions (zero.Init)
-    model = load_model(cfg.model.path, cfg.model.dtype, device)
+    if cfg.train.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Train mode before anything runs: see sdft.models.quantized on bitsandbytes' eval-mode repack.
+        model = load_4bit(cfg, device, zero3=zero3).train()
+        # Norms and head to fp32 and input grads on, so checkpointing works through the frozen 4-bit layers.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = load_model(cfg.model.path, cfg.model.dtype, device)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if keep_alive is not None:
         model._sdft_ds_ref = keep_alive  # transformers holds it weakly; it must outlive the run
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    if cfg.train.method == "lora":
+    if cfg.train.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.train.lora_targets
@@ -92,6 +103,28 @@ def build_model(cfg: RunConfig, device: torch.device, ds: dict | None):
             raise ValueError(f"train.lora_targets={targets}: {e}") from e
     model.train()
     return model
+
+
+def _log_4bit_layout(model) -> None:
+    """Say whether ZeRO-3 partitioned the 4-bit weights (it does only when their storage dtype is the
+    load dtype; otherwise every rank silently holds them all)."""
+    import bitsandbytes as bnb
+
+    weights = [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    parted = sum(1 for w in weights if hasattr(w, "ds_id"))
+    log.info("train: qlora: %d 4-bit weights (storage %s), %d partitioned by ZeRO-3", len(weights),
+             weights[0].dtype if weights else None, parted)
+
+
+def build_optimizer(t, params):
+    """AdamW: torch's, or bitsandbytes' 8-bit / paged variant (``train.optimizer``)."""
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    import bitsandbytes as bnb
+
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw": bnb.optim.PagedAdamW,
+           "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[t.optimizer]
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def _fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
@@ -131,7 +164,7 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     model = build_model(cfg, device, ds)
     params = [p for p in model.parameters() if p.requires_grad]
     steps, per_epoch = total_steps(cfg, len(data))
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(t, params)
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * steps),
                               num_training_steps=steps)
     if ds is None:
@@ -147,6 +180,8 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
             log.info("train: DeepSpeed ZeRO-%d on %d rank(s); resolved config (saved in %s):\n%s",
                      backend.stage, runtime.world_size(), out_dir / "ds_config.json", json.dumps(ds, indent=2))
 
+    if t.method == "qlora":
+        _log_4bit_layout(model)
     fingerprint = _fingerprint(cfg, data)
     ckpt_root = out_dir / "checkpoints"
     start = 0

@@ -141,3 +141,23 @@ def test_two_rank_compare_trains_both_arms_and_reports_once(tiny_config):
     for arm in (out, out / "vanilla"):
         assert json.loads((arm / "train" / "COMPLETE.json").read_text())["world_size"] == 2
     assert res.stderr.count("compare: report in") == 1
+
+
+@pytest.mark.parametrize("ds", ["zero2", "zero3"])
+def test_two_rank_qlora_matches_one_rank(distilled, ds):
+    """QLoRA under ZeRO-2 (each rank holds the 4-bit model) and ZeRO-3 (4-bit weights partitioned)."""
+    pytest.importorskip("bitsandbytes")
+    path, _, clone = distilled
+    qlora = ("train.method=qlora", "train.qlora_compute_dtype=float32")
+    one_dir = clone(f"qlora-one-{ds}")
+    one = run_cli("train", str(path), f"output_dir={one_dir}", *qlora)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_dir = clone(f"qlora-{ds}")
+    two = _train2(path, two_dir, *qlora, f"train.deepspeed={ds}", "train.micro_batch_size=1", "train.grad_accum=2")
+    assert _losses(two_dir) == pytest.approx(_losses(one_dir), rel=1e-3)
+    partitioned = 14 if ds == "zero3" else 0
+    assert f"qlora: 14 4-bit weights (storage torch.{'float32' if ds == 'zero3' else 'uint8'}), {partitioned} partitioned" in two.stderr
+    a = load_file(str(one_dir / "train" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(two_dir / "train" / "final" / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-2, atol=1e-4)
