@@ -135,3 +135,20 @@ def test_config_defaults_for_qlora(tmp_path):
         ("nf4", True, "bfloat16")
     with pytest.raises(ConfigError, match="lora_targets is empty"):
         load_config(p, ["train.lora_targets=[]"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_qlora_benchmark_runs_on_gpu(tmp_path):
+    """The QLoRA benchmark on a 1B shape: both arms train and report GPU peak memory."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qlora_step.py"), "--shape", "llama3.2-1b",
+                          "--seq", "512", "--steps", "2", "--cache", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [r["arm"] for r in rows] == ["hf", "sdft"] and all(0 < r["peak_gib"] < 40 for r in rows)
