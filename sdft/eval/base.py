@@ -35,6 +35,8 @@ class Metric:
     higher_is_better: bool | None = True
     count_of: str | None = None
     """For a proportion: the metric holding its number of trials (for the binomial standard error)."""
+    se: str | None = None
+    """The metric holding this one's standard error, when the evaluator measures it."""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Evaluator:
     name: str = ""
     metrics: dict[str, Metric] = {}
     sampled: bool = True
+    version: int = 1
+    """Bumped when the evaluator's metrics change meaning, so cached results from before are redone."""
 
     def prepare(self, ctx: EvalContext) -> None:
         pass

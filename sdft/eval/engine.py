@@ -87,7 +87,7 @@ def evaluate_models(cfg: RunConfig, tok, device: torch.device, seed_model, model
         model = None
         for ev in evaluators:
             seeds = cfg.eval.seeds if ev.sampled and cfg.eval.do_sample else cfg.eval.seeds[:1]
-            key = {"evaluator": ev.key(ctx), "seeds": seeds}
+            key = {"evaluator": ev.key(ctx), "version": ev.version, "seeds": seeds}
             if runs.get(ev.name, key) is not None:
                 log.info("eval: %s: reusing %s results from %s", name, ev.name, runs.path)
                 continue

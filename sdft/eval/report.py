@@ -1,8 +1,9 @@
 """The forgetting report of ``sdft compare``: ``report.json``, ``report.md`` and PNG plots.
 
 Every metric is shown for the seed and both arms with its spread: the standard deviation over
-``eval.seeds`` when sampling, else, for a proportion (accuracy, refusal rate, pass@1), the binomial
-standard error sqrt(p (1 - p) / n). A difference between the arms is called "within noise" when it is
+``eval.seeds`` when sampling, else the standard error the evaluator measured (retention: over
+prompts), else, for a proportion (accuracy, refusal rate, pass@1), the binomial standard error
+sqrt(p (1 - p) / n). A difference between the arms is called "within noise" when it is
 smaller than twice the combined spread, so that one lucky example is not read as a finding.
 """
 
@@ -22,6 +23,8 @@ def spread(result: dict, metric: str, info: Metric) -> float | None:
     """The metric's spread for one model: std over seeds, else the binomial standard error, else None."""
     if metric in result["std"]:
         return result["std"][metric]
+    if info.se and info.se in result["metrics"]:
+        return result["metrics"][info.se]
     n = result["metrics"].get(info.count_of) if info.count_of else None
     if n:
         p = result["metrics"][metric]

@@ -19,6 +19,9 @@ def test_spread_is_seed_std_else_binomial_standard_error():
     assert spread(_result(0.5, 0.0), "acc", info) == math.sqrt(0.25 / 100)
     assert spread(_result(0.5, 0.0, {"acc": 0.2}), "acc", info) == 0.2
     assert spread(_result(0.5, 0.0), "kl", Fake.metrics["kl"]) is None
+    measured = _result(0.5, 0.3)
+    measured["metrics"]["kl_se"] = 0.01
+    assert spread(measured, "kl", Metric("KL", False, se="kl_se")) == 0.01
 
 
 def test_verdict_uses_direction_and_noise():
