@@ -11,8 +11,8 @@ Within a stage, distill and train resume after a kill (see their modules).
     <output_dir>/distill/rewrites.jsonl, generation_config.json
     <output_dir>/filter/train.jsonl, stats.json
     <output_dir>/train/final/, checkpoints/, tensorboard/, train_log.jsonl
-    <output_dir>/eval/eval.json, predictions_*.jsonl, seed_responses.jsonl
-    <output_dir>/export/model/
+    <output_dir>/eval/eval.json, outputs/*.jsonl, results/*.json, seed_responses.jsonl
+    <output_dir>/export/model/, adapter/   (adapter: LoRA and QLoRA runs)
 """
 
 from __future__ import annotations
