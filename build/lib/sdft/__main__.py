@@ -1,0 +1,5 @@
+import sys
+
+from sdft.cli import main
+
+sys.exit(main())

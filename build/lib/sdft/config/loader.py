@@ -1,0 +1,131 @@
+"""Map a YAML file plus ``key=value`` overrides onto ``RunConfig``.
+
+Unknown keys and values of the wrong type are refused with a message that names the key (and the
+file), before any work starts. Relative data paths in a YAML file are taken relative to that file,
+so a config can be run from any working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from sdft.config.schema import ConfigError, RunConfig
+
+# Fields that hold file paths: resolved against the YAML file's folder when relative.
+_PATH_FIELDS = {("data", "train"), ("data", "test"), ("data", "general_prompts")}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a validated ``RunConfig`` from a YAML file and ``a.b=value`` overrides.
+
+    Override values are parsed as YAML scalars or lists (``train.lr=2e-4``,
+    ``train.lora_targets=[q_proj,k_proj]``).
+    """
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        base = path.resolve().parent
+        _resolve_paths(raw, base)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=2e-4")
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    where = f" in {path}" if path is not None else ""
+    cfg = _build(RunConfig, raw, prefix="", where=where)
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what is written to ``config.yaml``)."""
+    return dataclasses.asdict(cfg)
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    for section, key in _PATH_FIELDS:
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            p = Path(sec[key]).expanduser()
+            sec[key] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown option {prefix}{unknown[0]}{where}; valid options here: "
+                          f"{', '.join(prefix + n for n in fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key + ".", where)
+        else:
+            kwargs[name] = _coerce(value, hint, key, where)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    origin = get_origin(hint)
+    bad = ConfigError(f"{key}{where}: {value!r} is not a valid {_describe(hint)}")
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{key}{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if origin is list:
+        (item,) = get_args(hint)
+        if isinstance(value, str):  # a single value or a comma list from the CLI: a,b,c
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad
+        return str(value)
+    raise bad
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,180 @@
+"""Turn raw records into ``Example``s: one (instruction, response) pair with a stable id.
+
+Supported layouts (field names configurable in ``DataConfig``):
+- alpaca: ``instruction``, optional ``input``, ``output``. A non-empty input is appended to the
+  instruction as ``instruction + "\\n" + input`` (the paper's preprocessing).
+- prompt_response: ``prompt``, ``response``.
+- messages: a chat list ``[{"role": "system"?}, {"role": "user"}, {"role": "assistant"}]``
+  (single turn; an optional system turn is kept).
+
+The id is the record's ``id_field`` when present, otherwise a hash of its content, so it is the
+same whatever the file order or the world size; every stage joins on it, never on position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdft.config.schema import DataConfig
+from sdft.data.records import DataError, read_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    id: str
+    instruction: str
+    response: str
+    system: str = ""
+    location: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "instruction": self.instruction, "response": self.response,
+                "system": self.system}
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped (``data.on_error: skip``)."""
+
+    path: str
+    loaded: int = 0
+    skipped: int = 0
+    first_errors: list[str] | None = None
+
+
+def content_id(instruction: str, response: str, system: str = "") -> str:
+    """A stable id from an example's content (16 hex chars of SHA-1)."""
+    blob = json.dumps([system, instruction, response], ensure_ascii=False)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def detect_format(fields: dict[str, Any], cfg: DataConfig) -> str:
+    if cfg.messages_field in fields:
+        return "messages"
+    if cfg.instruction_field in fields and cfg.output_field in fields:
+        return "alpaca"
+    if cfg.prompt_field in fields:
+        return "prompt_response"
+    raise DataError("cannot tell the record layout from its fields "
+                    f"{sorted(fields)}; expected {cfg.instruction_field}/{cfg.output_field} (alpaca), "
+                    f"{cfg.prompt_field}/{cfg.response_field} or {cfg.messages_field}; set data.format "
+                    "and the data.*_field names to match your file")
+
+
+def _text(fields: dict[str, Any], name: str, required: bool = True) -> str:
+    value = fields.get(name)
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN (CSV/Parquet gaps)
+        if required:
+            raise DataError(f"missing field {name!r} (fields present: {sorted(fields)})")
+        return ""
+    if not isinstance(value, str):
+        if isinstance(value, (int, float)):
+            return str(value)
+        raise DataError(f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_required: bool = True) -> Example:
+    """Normalise one record. Raises ``DataError`` (without location; the caller adds it)."""
+    system = _text(fields, cfg.system_field, required=False)
+    if fmt == "alpaca":
+        instruction = _text(fields, cfg.instruction_field)
+        extra = _text(fields, cfg.input_field, required=False)
+        if extra.strip():
+            instruction = instruction + "\n" + extra
+        response = _text(fields, cfg.output_field, required=response_required)
+    elif fmt == "prompt_response":
+        instruction = _text(fields, cfg.prompt_field)
+        response = _text(fields, cfg.response_field, required=response_required)
+    elif fmt == "messages":
+        instruction, response, system = _from_messages(fields.get(cfg.messages_field), cfg, system)
+    else:
+        raise DataError(f"unknown data.format {fmt!r}")
+    if not instruction.strip():
+        raise DataError("empty instruction")
+    if response_required and not response.strip():
+        raise DataError("empty response")
+    raw_id = fields.get(cfg.id_field)
+    ex_id = str(raw_id) if raw_id not in (None, "") else content_id(instruction, response, system)
+    return Example(id=ex_id, instruction=instruction, response=response, system=system)
+
+
+def _from_messages(messages: Any, cfg: DataConfig, system: str) -> tuple[str, str, str]:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"field {cfg.messages_field!r} must be a list of {{role, content}} objects")
+    turns = list(messages)
+    if turns and turns[0].get("role") == "system":
+        system = str(turns.pop(0).get("content", ""))
+    roles = [m.get("role") for m in turns]
+    if roles not in (["user", "assistant"], ["user"]):
+        raise DataError(f"field {cfg.messages_field!r}: expected one user turn and one assistant turn "
+                        f"(after an optional system turn), got roles {roles}; multi-turn history is "
+                        "not supported yet: flatten it into the user turn")
+    instruction = str(turns[0].get("content", ""))
+    response = str(turns[1].get("content", "")) if len(turns) > 1 else ""
+    return instruction, response, system
+
+
+def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
+                  response_required: bool = True) -> tuple[list[Example], LoadReport]:
+    """Load and normalise a data set. Errors name file and line; duplicate ids are refused.
+
+    With ``cfg.on_error == "skip"`` a bad record is counted and logged instead of raised.
+    An empty result is always an error.
+    """
+    report = LoadReport(path=str(path), first_errors=[])
+    examples: list[Example] = []
+    seen: Counter[str] = Counter()
+    explicit_ids: dict[str, str] = {}
+    fmt = None if cfg.format == "auto" else cfg.format
+    for rec in read_records(path):
+        try:
+            if rec.fields is None:
+                raise DataError(rec.error)
+            fmt = fmt or detect_format(rec.fields, cfg)
+            ex = to_example(rec.fields, fmt, cfg, response_required=response_required)
+        except DataError as e:
+            msg = f"{rec.location}: {e}"
+            if cfg.on_error == "error":
+                raise DataError(msg + " (fix the record, or set data.on_error=skip to skip bad records)") from None
+            report.skipped += 1
+            if len(report.first_errors) < 5:
+                report.first_errors.append(msg)
+            continue
+        ex.location = rec.location
+        has_explicit = rec.fields.get(cfg.id_field) not in (None, "")
+        if has_explicit:
+            if ex.id in explicit_ids:
+                raise DataError(f"{rec.location}: duplicate id {ex.id!r} (first at {explicit_ids[ex.id]}); "
+                                f"ids in field {cfg.id_field!r} must be unique")
+            explicit_ids[ex.id] = rec.location
+        else:
+            # Identical records hash alike; number the repeats so each keeps its own stable id.
+            seen[ex.id] += 1
+            if seen[ex.id] > 1:
+                ex.id = f"{ex.id}-{seen[ex.id] - 1}"
+        examples.append(ex)
+        if limit and len(examples) >= limit:
+            break
+    report.loaded = len(examples)
+    if report.skipped:
+        log.warning("%s: skipped %d bad record(s); first: %s", path, report.skipped,
+                    "; ".join(report.first_errors))
+    if not examples:
+        raise DataError(f"{path}: no usable examples (empty file, or every record was bad)")
+    return examples, report
+
+
+def write_examples_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Write rows as JSONL atomically."""
+    from sdft.utils.io import atomic_write_text
+
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -1,0 +1,97 @@
+"""Process-group set-up for runs under ``torchrun``, ``deepspeed`` or SLURM, and tiny helpers that
+every rank calls the same number of times (so nothing can hang on a missing collective).
+
+A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) never creates a process group; every helper
+then degrades to a no-op, so the same stage code runs on one CPU and on a cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def _skip_deepspeed_shm_build() -> None:
+    # DeepSpeed JIT-compiles a shared-memory all-reduce op (~40 s, C++) on every init_distributed,
+    # even with gloo; it only serves inference all-reduce, which we never use. Patch the builder out.
+    importlib.import_module("deepspeed.comm.torch")
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def init(device: torch.device) -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU) when launched with several ranks."""
+    if not is_distributed() or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank())
+    _skip_deepspeed_shm_build()
+    import deepspeed
+
+    minutes = int(os.environ.get("SDFT_DIST_TIMEOUT_MIN", "60"))
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                               timeout=timedelta(minutes=minutes))
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device this rank works on (cuda:<local_rank> under a launcher)."""
+    if device.type == "cuda" and is_distributed():
+        return torch.device("cuda", local_rank())
+    return device
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(value: float | int, device: torch.device | str = "cpu") -> float:
+    """Sum a Python number over ranks (identity on one process)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_reduce_max(value: int, device: torch.device | str = "cpu") -> int:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def teardown() -> None:
+    """Leave the process group cleanly (barrier first, so no rank exits while others still talk)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,91 @@
+"""What every evaluator shares: the context it runs in, its metric descriptions, its output files.
+
+An evaluator is a named component (``eval.evaluators`` lists them) with three methods:
+
+- ``prepare(ctx)``: load its data and anything computed once from the seed model;
+- ``key(ctx)``: the settings its results depend on (a cached result with another key is redone);
+- ``run(model, name, ctx, seed)``: evaluate one model, return ``{metric: number}``.
+
+``sampled`` evaluators generate text with the eval sampling settings: with ``eval.do_sample`` they run
+once per seed in ``eval.seeds`` and the engine reports mean and spread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sdft.config.schema import RunConfig
+from sdft.distill.generation import GenerationSettings
+from sdft.utils.io import atomic_write_text
+
+
+class EvalError(RuntimeError):
+    """An evaluation cannot run (missing data or package); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a metric is shown: its label, and whether higher is better (None: neither, e.g. a count)."""
+
+    label: str
+    higher_is_better: bool | None = True
+    count_of: str | None = None
+    """For a proportion: the metric holding its number of trials (for the binomial standard error)."""
+    se: str | None = None
+    """The metric holding this one's standard error, when the evaluator measures it."""
+
+
+@dataclass
+class EvalContext:
+    cfg: RunConfig
+    tok: object
+    device: torch.device
+    out_dir: Path
+    """Folder for per-example outputs (``outputs/<evaluator>_<model>[_seed<N>].jsonl``)."""
+    seed_model: object = None
+
+    def settings(self, seed: int, **overrides) -> GenerationSettings:
+        """The eval generation settings with this run's seed (greedy ignores it)."""
+        return GenerationSettings.from_section(self.cfg.eval, seed=seed, **overrides)
+
+    def output_path(self, evaluator: str, model_name: str, seed: int) -> Path:
+        suffix = f"_seed{seed}" if self.cfg.eval.do_sample else ""
+        return self.out_dir / "outputs" / f"{evaluator}_{model_name}{suffix}.jsonl"
+
+    def write_outputs(self, evaluator: str, model_name: str, seed: int, rows: list[dict]) -> None:
+        """Per-example outputs as JSONL, written atomically."""
+        atomic_write_text(self.output_path(evaluator, model_name, seed),
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+class Evaluator:
+    """Base class; subclasses set ``name``, ``metrics`` and ``sampled`` and implement ``run``."""
+
+    name: str = ""
+    metrics: dict[str, Metric] = {}
+    sampled: bool = True
+    version: int = 1
+    """Bumped when the evaluator's metrics change meaning, so cached results from before are redone."""
+
+    def prepare(self, ctx: EvalContext) -> None:
+        pass
+
+    def key(self, ctx: EvalContext) -> dict:
+        return {}
+
+    def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self, metric: str) -> Metric | None:
+        """The description of a metric this evaluator reports (None: not one of its metrics)."""
+        return self.metrics.get(metric)
+
+
+def general_template(tok) -> str:
+    """Template for open-ended prompts (retention, safety): the model's own chat template when it has
+    one, else the paper's alpaca layout."""
+    return "chat" if getattr(tok, "chat_template", None) else "alpaca"
