@@ -69,6 +69,21 @@ def compare(cfg: RunConfig, force: bool = False) -> dict | None:
     return report
 
 
+def paired_outcomes(cfg: RunConfig, evaluators, report_dir: Path, tok, device) -> dict[str, dict[str, list[bool]]]:
+    """``{metric: {arm: [yes/no per item]}}`` of both arms, items in the same order (seeds pooled)."""
+    from sdft.eval.base import EvalContext
+
+    ctx = EvalContext(cfg, tok, device, report_dir)
+    paired: dict[str, dict[str, list[bool]]] = {}
+    for ev in evaluators:
+        seeds = cfg.eval.seeds if ev.sampled and cfg.eval.do_sample else cfg.eval.seeds[:1]
+        for arm in ("vanilla", "sdft"):
+            for seed in seeds:
+                for metric, items in ev.paired_outcomes(ctx, arm, seed).items():
+                    paired.setdefault(metric, {}).setdefault(arm, []).extend(items)
+    return paired
+
+
 def _evaluate_and_report(cfg: RunConfig, runners: dict[str, Stages], report_dir: Path) -> dict:
     from sdft.eval.engine import evaluate_models
     from sdft.eval.evaluate import eval_settings, seed_spec, tuned_spec
@@ -88,7 +103,8 @@ def _evaluate_and_report(cfg: RunConfig, runners: dict[str, Stages], report_dir:
                 "distill": {k: getattr(cfg.distill, k) for k in ("template", "do_sample", "temperature", "top_p",
                                                                   "seed")},
                 "filter_gates": cfg.filter.gates, "eval": eval_settings(cfg, main.tok, evaluators)}
-    report = write_report(report_dir, results, evaluators, settings, facts)
+    report = write_report(report_dir, results, evaluators, settings, facts,
+                          paired_outcomes(cfg, evaluators, report_dir, main.tok, main.device))
     log.info("compare: report in %s", report_dir / "report.md")
     for metric, verdict in report["verdict"].items():
         log.info("compare: %-28s seed %s  vanilla %s  sdft %s  (%s)", metric,

@@ -80,6 +80,15 @@ class Evaluator:
     def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def paired_outcomes(self, ctx: EvalContext, model_name: str, seed: int) -> dict[str, list[bool]]:
+        """``{metric: [yes/no per item]}`` for proportion metrics, read back from this evaluator's
+        outputs, in item order (for paired tests between models); {} when it has none."""
+        return {}
+
+    def read_outputs(self, ctx: EvalContext, model_name: str, seed: int) -> list[dict]:
+        path = ctx.output_path(self.name, model_name, seed)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
     def describe(self, metric: str) -> Metric | None:
         """The description of a metric this evaluator reports (None: not one of its metrics)."""
         return self.metrics.get(metric)

@@ -136,3 +136,6 @@ class HumanEvalEvaluator(Evaluator):
                 "humaneval_timeouts": sum(r["status"] == "timeout" for r in rows),
                 "humaneval_blocked": sum(r["status"] == "blocked" for r in rows)}
 
+
+    def paired_outcomes(self, ctx: EvalContext, model_name: str, seed: int) -> dict[str, list[bool]]:
+        return {"humaneval_pass1": [r["passed"] for r in self.read_outputs(ctx, model_name, seed)]}

@@ -4,7 +4,9 @@ Every metric is shown for the seed and both arms with its spread: the standard d
 ``eval.seeds`` when sampling, else the standard error the evaluator measured (retention: over
 prompts), else, for a proportion (accuracy, refusal rate, pass@1), the binomial standard error
 sqrt(p (1 - p) / n). A difference between the arms is called "within noise" when it is
-smaller than twice the combined spread, so that one lucky example is not read as a finding.
+smaller than twice the combined spread, or, for yes/no outcomes on the same items (task answers,
+refusals, HumanEval problems), when the exact McNemar test on the paired outcomes gives p >= 0.05;
+so that a few lucky examples are not read as a finding.
 """
 
 from __future__ import annotations
@@ -32,13 +34,33 @@ def spread(result: dict, metric: str, info: Metric) -> float | None:
     return None
 
 
-def verdict(results: dict[str, dict], metric: str, info: Metric) -> str:
-    """Which arm did better on ``metric``, or "within noise"."""
+def mcnemar_p(vanilla: list[bool], sdft: list[bool]) -> float:
+    """Exact two-sided McNemar p-value for paired yes/no outcomes of the two arms on the same items."""
+    only_sdft = sum(s and not v for v, s in zip(vanilla, sdft))
+    only_vanilla = sum(v and not s for v, s in zip(vanilla, sdft))
+    n = only_sdft + only_vanilla
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_sdft, only_vanilla) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def verdict(results: dict[str, dict], metric: str, info: Metric, paired: dict | None = None) -> str:
+    """Which arm did better on ``metric``, or "within noise".
+
+    With ``paired`` outcomes (``{arm: [bool per item]}``, the same items in the same order) the exact
+    McNemar test decides (p < 0.05); otherwise the difference must exceed twice the combined spread.
+    """
     a, b = (results[arm]["metrics"].get(metric) for arm in ARMS)
     if a is None or b is None or info.higher_is_better is None:
         return ""
     if a == b:
         return "equal"
+    if paired and all(arm in paired for arm in ARMS) and len(paired["vanilla"]) == len(paired["sdft"]):
+        p = mcnemar_p(paired["vanilla"], paired["sdft"])
+        if p >= 0.05:
+            return f"within noise (McNemar p={p:.2g})"
+        return f"{'sdft' if (b > a) == info.higher_is_better else 'vanilla'} better (McNemar p={p:.2g})"
     sa, sb = (spread(results[arm], metric, info) for arm in ARMS)
     noise = 2 * math.hypot(sa or 0.0, sb or 0.0)
     if abs(b - a) <= noise:
@@ -47,8 +69,10 @@ def verdict(results: dict[str, dict], metric: str, info: Metric) -> str:
     return "sdft better" if better else "vanilla better"
 
 
-def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings: dict, arms: dict) -> dict:
-    """The ``report.json`` content."""
+def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings: dict, arms: dict,
+                 paired: dict[str, dict[str, list[bool]]] | None = None) -> dict:
+    """The ``report.json`` content. ``paired``: ``{metric: {arm: [bool per item]}}`` for paired tests."""
+    paired = paired or {}
     metrics = list(dict.fromkeys(m for r in results.values() for m in r["metrics"]))
     info = {m: describe(evaluators, m) for m in metrics}
     scored = [m for m in metrics if info[m].higher_is_better is not None]
@@ -59,8 +83,9 @@ def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings
                    for name, r in results.items()},
         "delta_vs_seed": {arm: {m: results[arm]["metrics"][m] - seed[m] for m in scored
                                 if m in seed and m in results[arm]["metrics"]} for arm in ARMS},
-        "verdict": {m: verdict(results, m, info[m]) for m in scored},
-        "metrics": {m: {"label": info[m].label, "higher_is_better": info[m].higher_is_better} for m in metrics},
+        "verdict": {m: verdict(results, m, info[m], paired.get(m)) for m in scored},
+        "metrics": {m: {"label": info[m].label, "higher_is_better": info[m].higher_is_better, "se": info[m].se}
+                    for m in metrics},
         "per_seed": {name: r["per_seed"] for name, r in results.items()},
         "settings": settings,
         "arms": arms,
@@ -79,9 +104,11 @@ def render_markdown(report: dict) -> str:
     models = list(report["models"])
     lines = ["# Forgetting report: vanilla fine-tuning vs SDFT", "",
              "Each arm is fine-tuned from the seed with the same config, seed and data order; the vanilla arm "
-             "trains on the original answers, the SDFT arm on the distilled ones. ± is the spread over sampling "
-             "seeds or, for a proportion, its binomial standard error; \"within noise\" means the arms differ by "
-             "less than twice their combined spread.", "",
+             "trains on the original answers, the SDFT arm on the distilled ones. ± is the spread: the standard "
+             "deviation over sampling seeds, else the standard error the evaluator measured (retention: over "
+             "prompts), else, for a proportion, its binomial standard error. \"within noise\": for yes/no "
+             "outcomes on the same items, the exact McNemar test on the paired outcomes gives p >= 0.05; "
+             "otherwise the arms differ by less than twice their combined spread.", "",
              "| metric | better | " + " | ".join(models) + " | vanilla − seed | sdft − seed | verdict |",
              "|---|---|" + "---|" * len(models) + "---|---|---|"]
     for m, info in report["metrics"].items():
@@ -92,7 +119,8 @@ def render_markdown(report: dict) -> str:
         arrow = "↑" if info["higher_is_better"] else "↓"
         lines.append(f"| {info['label']} | {arrow} | " + " | ".join(cells) + " | " + " | ".join(deltas)
                      + f" | {report['verdict'].get(m, '')} |")
-    counts = [m for m, i in report["metrics"].items() if i["higher_is_better"] is None]
+    shown_as_spread = {i.get("se") for i in report["metrics"].values()}
+    counts = [m for m, i in report["metrics"].items() if i["higher_is_better"] is None and m not in shown_as_spread]
     if counts:
         lines += ["", "Counts: " + ", ".join(f"{report['metrics'][m]['label']} {_fmt(report['models']['seed'].get(m))}"
                                             for m in counts)]
@@ -141,9 +169,9 @@ def plot(report: dict, evaluators: list[Evaluator], out_dir: Path) -> list[Path]
 
 
 def write_report(out_dir: Path, results: dict[str, dict], evaluators: list[Evaluator], settings: dict,
-                 arms: dict) -> dict:
+                 arms: dict, paired: dict | None = None) -> dict:
     """Write report.json, report.md and plots/*.png under ``out_dir``; returns the report."""
-    report = build_report(results, evaluators, settings, arms)
+    report = build_report(results, evaluators, settings, arms, paired)
     report["plots"] = [str(p.relative_to(out_dir)) for p in plot(report, evaluators, out_dir / "plots")]
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report))

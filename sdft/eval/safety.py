@@ -91,3 +91,8 @@ class SafetyEvaluator(Evaluator):
         return {"refusal_rate": sum(r["refusal"] for r in rows if not r["adversarial"]) / n,
                 "refusal_rate_adv": sum(r["refusal"] for r in rows if r["adversarial"]) / n,
                 "safety_total": n}
+
+    def paired_outcomes(self, ctx: EvalContext, model_name: str, seed: int) -> dict[str, list[bool]]:
+        rows = self.read_outputs(ctx, model_name, seed)
+        return {"refusal_rate": [r["refusal"] for r in rows if not r["adversarial"]],
+                "refusal_rate_adv": [r["refusal"] for r in rows if r["adversarial"]]}

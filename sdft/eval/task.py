@@ -51,3 +51,6 @@ class TaskEvaluator(Evaluator):
         metrics, rows = task_accuracy(model, ctx.tok, self.examples, self.template, self.checker, ctx.settings(seed))
         ctx.write_outputs(self.name, model_name, seed, rows)
         return metrics
+
+    def paired_outcomes(self, ctx: EvalContext, model_name: str, seed: int) -> dict[str, list[bool]]:
+        return {"task_accuracy": [r["correct"] for r in self.read_outputs(ctx, model_name, seed)]}

@@ -1,8 +1,10 @@
 import json
 import math
 
+import pytest
+
 from sdft.eval.base import Evaluator, Metric
-from sdft.eval.report import spread, verdict, write_report
+from sdft.eval.report import mcnemar_p, spread, verdict, write_report
 
 
 class Fake(Evaluator):
@@ -45,3 +47,20 @@ def test_report_files(tmp_path):
     assert "rewrites_kept: 5/10" in md
     png = tmp_path / "plots" / "task.png"
     assert saved["plots"] == ["plots/task.png"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_outcomes_decide_with_an_exact_mcnemar_test():
+    acc = Fake.metrics["acc"]
+    # 24 vs 14 correct of 60 looks like noise to the independent standard errors, but the 10
+    # discordant items all favour one arm: a paired test sees it (p = 2 / 2**10).
+    results = {"vanilla": _result(24 / 60, 0), "sdft": _result(14 / 60, 0)}
+    for r in results.values():
+        r["metrics"]["total"] = 60
+    assert verdict(results, "acc", acc) == "within noise"
+    vanilla = [True] * 24 + [False] * 36
+    sdft = [True] * 14 + [False] * 46
+    assert mcnemar_p(vanilla, sdft) == pytest.approx(2 / 2 ** 10)
+    assert verdict(results, "acc", acc, {"vanilla": vanilla, "sdft": sdft}) == "vanilla better (McNemar p=0.002)"
+    mixed = [True] * 14 + [False] * 10 + [True] * 5 + [False] * 31  # 10 discordant one way, 5 the other
+    assert verdict(results, "acc", acc, {"vanilla": vanilla, "sdft": mixed}) == "within noise (McNemar p=0.3)"
+    assert mcnemar_p([True, False], [True, False]) == 1.0
