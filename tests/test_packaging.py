@@ -1,6 +1,7 @@
 """The project installs under its own names: ``sdft`` and ``sdft_kernels`` (from kernels/), and never
 ``kernels``, which transformers and bitsandbytes import when it exists (the PyPI hub-kernels package)."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -19,9 +20,14 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 @pytest.mark.slow
 def test_installed_project_imports_and_does_not_shadow_the_kernels_package(tmp_path):
-    wheel_dir, target, fake = tmp_path / "wheel", tmp_path / "site", tmp_path / "other"
+    wheel_dir, target, fake, src = tmp_path / "wheel", tmp_path / "site", tmp_path / "other", tmp_path / "src"
+    # Build from a copy: setuptools builds in the source tree and would leave build/ in the repo.
+    for name in ("sdft", "kernels"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(wheel_dir), str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(wheel_dir), str(src)], check=True, capture_output=True, timeout=300)
     wheel = next(wheel_dir.glob("sdft-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if not name.startswith("sdft-")}
     assert tops == {"sdft", "sdft_kernels"}

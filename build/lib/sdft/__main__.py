@@ -1,5 +1,0 @@
-import sys
-
-from sdft.cli import main
-
-sys.exit(main())
