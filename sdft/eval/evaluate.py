@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdft.config.schema import RunConfig
+from sdft.distill.generation import GenerationSettings
 from sdft.eval.base import general_template
 from sdft.eval.engine import ModelSpec, describe, evaluate_models
 from sdft.models.loading import load_seed, load_tuned
@@ -36,8 +37,6 @@ def tuned_spec(cfg: RunConfig, device: torch.device) -> ModelSpec:
 
 def eval_settings(cfg: RunConfig, tok, evaluators) -> dict:
     """What the numbers depend on, for the reader of a report."""
-    from sdft.distill.generation import GenerationSettings
-
     names = [e.name for e in evaluators]
     ev = cfg.eval
     out = {"evaluators": names, "seeds": ev.seeds if ev.do_sample else ev.seeds[:1],

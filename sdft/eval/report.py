@@ -11,6 +11,7 @@ so that a few lucky examples are not read as a finding.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -127,14 +128,8 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Arms", ""]
     for arm, facts in report["arms"].items():
         lines.append(f"- **{arm}**: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
-    lines += ["", "## Settings", "", "```json", _json(report["settings"]), "```", ""]
+    lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2, ensure_ascii=False), "```", ""]
     return "\n".join(lines)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, ensure_ascii=False)
 
 
 def plot(report: dict, evaluators: list[Evaluator], out_dir: Path) -> list[Path]:
