@@ -1,12 +1,19 @@
 """Fused linear + cross-entropy: ``CE(hidden @ weight.T, labels)`` without the [tokens, vocab] logits.
 
-Chunked PyTorch path (CPU, and the fallback everywhere): rows whose label is ``ignore_index`` are
-dropped first, so prompt tokens cost no matmul; the kept rows go through in chunks sized so that a
-chunk's logits are about as large as the input (Liger's rule, ``default_chunk_rows``).
-Per chunk: logits in the input dtype, softmax and loss in float32, then the gradient is built at
-once (as Liger does): ``d_hidden = dlogits @ W`` and, when ``weight`` requires grad,
-``d_weight += dlogits.T @ hidden`` accumulated in float32. Backward only scales the stored gradients
-by the incoming gradient. A frozen weight (LoRA) skips ``d_weight`` entirely.
+Rows whose label is ``ignore_index`` are dropped first, so prompt tokens cost no matmul (one host
+sync per call, for the kept-row count; none per chunk). The kept rows go through in chunks sized so
+that a chunk's logits are about as large as the input (Liger's rule, ``default_chunk_rows``). Per
+chunk the gradient is built at once (as Liger does): ``d_hidden = dlogits @ W`` and, when ``weight``
+requires grad, ``d_weight += dlogits.T @ hidden``; backward only scales the stored gradients by the
+incoming gradient. A frozen weight (LoRA) skips ``d_weight`` entirely.
+
+Two implementations of the per-chunk softmax gradient, same contract:
+- ``torch`` (CPU, and the fallback): logits to float32, log-sum-exp and softmax in float32;
+  ``d_weight`` accumulated in float32 across chunks.
+- ``triton`` (CUDA): ``sdft_kernels.triton_ce`` turns the chunk's logits into their gradient in place
+  (float32 math, no float32 [c, V] copy); the three matmuls are cuBLAS in the input dtype (float32
+  accumulation inside each), and ``d_weight`` accumulates across chunks in the weight's dtype, which
+  keeps peak memory at one [V, H] gradient (a float32 accumulator would add 2 GiB at V=128k, H=4096).
 
 Unlike ``torch.nn.functional.cross_entropy``, ``reduction="mean"`` with every label ignored returns 0
 (and zero gradients), not NaN: a fully masked micro-batch must not poison a training step.
@@ -24,58 +31,85 @@ def default_chunk_rows(n: int, hidden: int, vocab: int) -> int:
     return 1 << (rows - 1).bit_length()
 
 
+def _torch_softmax_grad(logits: torch.Tensor, y: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 ``scale * (softmax - onehot)`` [c, V], float32 summed loss of the chunk)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)                            # [c]
+    loss = (lse - logits.gather(1, y[:, None])[:, 0]).sum()
+    grad = logits.sub_(lse[:, None]).exp_()                          # softmax, in place of the logits
+    grad[torch.arange(len(y), device=y.device), y] -= 1.0
+    if scale != 1.0:
+        grad *= scale
+    return grad, loss
+
+
+def _triton_softmax_grad(logits: torch.Tensor, y: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from sdft_kernels.triton_ce import softmax_grad_
+
+    return logits, softmax_grad_(logits, y, scale).sum()
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, reduction, chunk_rows):
+    def forward(ctx, hidden, weight, labels, ignore_index, reduction, chunk_rows, impl):
         n_all, h = hidden.shape
-        keep = (labels != ignore_index).nonzero()[:, 0]            # [n] kept row indices
+        keep = (labels != ignore_index).nonzero()[:, 0]            # [n] kept row indices (the one sync)
         n = keep.numel()
+        scale = 1.0 / n if reduction == "mean" and n > 0 else 1.0
+        softmax_grad = _triton_softmax_grad if impl == "triton" else _torch_softmax_grad
+        acc_dtype = weight.dtype if impl == "triton" else torch.float32
         grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if weight.requires_grad else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = chunk_rows or default_chunk_rows(max(n, 1), h, weight.shape[0])
         for start in range(0, n, rows):
             idx = keep[start:start + rows]
             x = hidden.index_select(0, idx)                          # [c, H]
-            y = labels.index_select(0, idx)                          # [c]
-            logits = (x @ weight.t()).float()                        # [c, V]
-            lse = torch.logsumexp(logits, dim=-1)                    # [c]
-            loss += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
-            dlogits = logits.sub_(lse[:, None]).exp_()               # softmax, in place of the logits
-            dlogits[torch.arange(len(idx), device=y.device), y] -= 1.0
+            dlogits, chunk_loss = softmax_grad(x @ weight.t(), labels.index_select(0, idx), scale)  # [c, V]
+            loss += chunk_loss
             if grad_hidden is not None:
                 grad_hidden.index_copy_(0, idx, (dlogits.to(weight.dtype) @ weight).to(hidden.dtype))
             if grad_weight is not None:
-                grad_weight.addmm_(dlogits.t(), x.float())
-        scale = 1.0 / n if reduction == "mean" and n > 0 else 1.0
-        if scale != 1.0:
-            loss *= scale
-            if grad_hidden is not None:
-                grad_hidden *= scale
-            if grad_weight is not None:
-                grad_weight *= scale
+                grad_weight.addmm_(dlogits.t(), x.to(dlogits.dtype))
+        loss *= scale
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # In place: the stored gradients are used once, and a copy would double d_weight's memory.
         grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_loss.to(grad_hidden.dtype) if grad_hidden is not None else None
-        gw = grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None
-        return gh, gw, None, None, None, None
+        gh = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)) if grad_hidden is not None else None
+        gw = grad_weight.mul_(grad_loss.to(grad_weight.dtype)) if grad_weight is not None else None
+        return gh, gw, None, None, None, None, None
+
+
+def _pick_impl(impl: str, hidden: torch.Tensor) -> str:
+    if impl == "auto":
+        if not hidden.is_cuda:
+            return "torch"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    if impl not in ("torch", "triton"):
+        raise ValueError(f"impl={impl!r}: expected 'auto', 'torch' or 'triton'")
+    return impl
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                                ignore_index: int = -100, reduction: str = "mean",
-                               chunk_rows: int | None = None) -> torch.Tensor:
+                               chunk_rows: int | None = None, impl: str = "auto") -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T`` against ``labels``, without the full logits.
 
     Args:
-        hidden: [N, H] final hidden states (fp32 or bf16).
+        hidden: [N, H] final hidden states (fp32, bf16 or fp16), the dtype of ``weight``.
         weight: [V, H] output projection (the lm_head weight); frozen or trainable.
         labels: [N] int64 target ids, ``ignore_index`` where no loss is taken.
         reduction: ``"mean"`` over kept rows (0 when none) or ``"sum"``.
         chunk_rows: rows per chunk (default: logits chunk about the input's size).
+        impl: ``"auto"`` (Triton on CUDA when installed, else torch), ``"torch"`` or ``"triton"``.
     Returns:
         scalar float32 loss.
     """
@@ -83,6 +117,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
         raise ValueError(f"reduction={reduction!r}: expected 'mean' or 'sum'")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: cast one to the other")
     if labels.shape != hidden.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be [N] with N = {hidden.shape[0]}")
-    return _ChunkedLinearCE.apply(hidden, weight, labels, ignore_index, reduction, chunk_rows)
+    return _ChunkedLinearCE.apply(hidden, weight, labels, ignore_index, reduction, chunk_rows,
+                                  _pick_impl(impl, hidden))

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+# Without a GPU, Triton kernels run in Triton's CPU interpreter. It must be chosen before anything
+# imports triton (triton.language is decorated at import), hence here; ``nvidia-smi`` rather than
+# torch keeps this check free of imports. Subprocesses inherit it, harmlessly: on CPU nothing else
+# runs Triton code.
+if not shutil.which("nvidia-smi"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

@@ -93,6 +93,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     origin = get_origin(hint)
     bad = ConfigError(f"{key}{where}: {value!r} is not a valid {_describe(hint)}")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(get_args(hint)):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in get_args(hint):
             raise ConfigError(f"{key}{where}: {value!r} is not one of {list(get_args(hint))}")
         return value

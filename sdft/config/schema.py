@@ -162,7 +162,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     cutoff_len: int = 1024
-    """Longest training example (prompt + response), in tokens."""
+    """Longest training example (prompt + response), in tokens; with packing, also the row length."""
+    packing: Literal["auto", "on", "off"] = "auto"
+    """Pack each global batch's examples into rows of ``cutoff_len`` tokens (block-diagonal attention,
+    positions restarting per example) instead of padding every example to the longest of its
+    micro-batch. Same examples, same update. ``auto``: on where tested safe (llama, mistral, qwen2,
+    qwen3 with sdpa or eager attention, no sliding window), else off; ``on``: error where not safe."""
+    fused_loss: Literal["auto", "on", "off"] = "auto"
+    """Cross-entropy fused with the lm_head matmul (``sdft_kernels``): no [tokens, vocab] logits,
+    prompt tokens skipped; Triton kernel on CUDA. ``auto``: on unless the model transforms its
+    logits after the head (soft-capping, scaling) or LoRA adapts the head; ``on``: error then."""
     overlength: Literal["skip", "error"] = "skip"
     """An example longer than ``cutoff_len``: skip it (counted and reported) or stop with an error."""
     save_every: int = 0

@@ -1,9 +1,10 @@
 """Where the optimizer step happens: plain PyTorch on one process, or a DeepSpeed ZeRO engine.
 
-Both expose the same small surface to the recipe, so the training loop reads the same either way:
-``module`` (call it for logits), ``backward(loss)`` per micro-batch, ``step() -> grad norm`` once per
+Both take a ``CausalLMLoss`` (``sdft.train.loss``: the model wrapped with its loss) and expose the
+same small surface to the recipe, so the training loop reads the same either way: ``module`` (call
+it for a micro-batch's summed loss), ``backward(loss)`` per micro-batch, ``step() -> grad norm`` once per
 optimizer step, ``save(dir)`` / ``load(dir)`` for resumable checkpoints, and ``trainable_state()``,
-which returns full (gathered) tensors on rank 0 for the final save.
+which returns full (gathered) tensors on rank 0 for the final save, named as in the wrapped model.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from sdft.train.checkpoint import rng_state, set_rng_state, trainable_state
 class LocalBackend:
     """One process: torch AdamW, clipping, a torch LR scheduler."""
 
-    def __init__(self, model, optimizer, scheduler, max_grad_norm: float):
-        self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
+    needs_stand_ins = False  # no collectives: a micro-batch with no examples is simply skipped
+
+    def __init__(self, loss_module, optimizer, scheduler, max_grad_norm: float):
+        self.module, self.optimizer, self.scheduler = loss_module, optimizer, scheduler
+        self.model = loss_module.model
         self.max_grad_norm = max_grad_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in loss_module.parameters() if p.requires_grad]
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -40,7 +44,7 @@ class LocalBackend:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file(trainable_state(self.module), str(path / "trainable.safetensors"))
+        save_file(trainable_state(self.model), str(path / "trainable.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "rng": rng_state()}, path / "training_state.pt")
 
@@ -48,7 +52,7 @@ class LocalBackend:
         from safetensors.torch import load_file
 
         weights = load_file(str(path / "trainable.safetensors"))
-        params = dict(self.module.named_parameters())
+        params = dict(self.model.named_parameters())
         mismatch = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
         if mismatch:
             raise RuntimeError(f"{path}: checkpoint does not match the model's trainable parameters (e.g. "
@@ -62,7 +66,7 @@ class LocalBackend:
         set_rng_state(blob["rng"])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self.module)
+        return trainable_state(self.model)
 
 
 class DeepSpeedBackend:
@@ -70,11 +74,12 @@ class DeepSpeedBackend:
     over data-parallel ranks; ``backward`` is given the loss already normalised for that average."""
 
     TAG = "ds"
+    needs_stand_ins = True  # every rank must run every micro-step's collectives
 
-    def __init__(self, model, optimizer, scheduler, ds_config: dict):
+    def __init__(self, loss_module, optimizer, scheduler, ds_config: dict):
         import deepspeed
 
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        self.engine, _, _, _ = deepspeed.initialize(model=loss_module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config)
         self.module = self.engine
         self.scheduler = scheduler
@@ -112,7 +117,7 @@ class DeepSpeedBackend:
         import deepspeed
 
         out = {}
-        for name, p in self.engine.module.named_parameters():
+        for name, p in self.engine.module.model.named_parameters():
             if not p.requires_grad:
                 continue
             if self.stage == 3:

@@ -10,8 +10,14 @@ Data: one optimizer step consumes a *global batch* of ``micro_batch_size x grad_
 examples, taken in order from a per-epoch permutation seeded by (seed, epoch). Rank ``r`` takes
 micro-batch ``a * world + r`` of it at micro-step ``a``. The loss is the summed token loss divided by
 the response tokens of the whole global batch, so the same global batch gives the same update at
-any world size, micro-batch size or accumulation. A rank whose share of the epoch's last batch is
-empty still runs forward and backward on a fully masked batch: every rank runs the same collectives.
+any world size, micro-batch size or accumulation. With ``train.packing`` the global batch is packed
+into full rows first and the rows are dealt to the same micro-batch slots (``sdft.train.packing``);
+the update is unchanged. Under DeepSpeed a rank whose micro-batch is empty (the epoch's short last
+batch, or fewer packed rows than slots) still runs forward and backward on a fully masked stand-in:
+every rank runs the same collectives. One process simply skips it.
+
+Loss: ``sdft.train.loss`` wraps the model; with ``train.fused_loss`` the lm_head and cross-entropy
+run fused (``sdft_kernels``), never building the [tokens, vocab] logits.
 
 Resume: ``train.save_every`` writes atomic checkpoints (weights, optimizer, scheduler, every rank's
 RNG). A rerun of the same config continues from the newest one at the exact step; the data position
@@ -41,7 +47,9 @@ from sdft.config.schema import RunConfig
 from sdft.distributed import runtime
 from sdft.models.builtin import resolve_model_path
 from sdft.train.checkpoint import list_checkpoints, save_checkpoint
-from sdft.train.data import TokenizedSet, causal_lm_loss_sum, collate, global_batch_order, tokenize_rows
+from sdft.train.data import TokenizedSet, collate, global_batch_order, tokenize_rows
+from sdft.train.loss import build_loss_module
+from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step, step_token_slots
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_publish_dir, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -127,6 +135,34 @@ def build_optimizer(t, params):
     return cls(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def use_packing(mode: str, model) -> bool:
+    """``train.packing`` resolved for ``model``: auto is on where packing is tested safe."""
+    if mode == "off":
+        return False
+    blocker = packing_blocker(model)
+    if blocker and mode == "on":
+        raise ValueError(f"train.packing=on: {blocker}; set train.packing=auto or off")
+    if blocker:
+        log.info("train: packing off (%s)", blocker)
+    return blocker is None
+
+
+def _micro_batch(data: TokenizedSet, step_ids: list[int], plan, slot: int, micro: int, pad_id: int):
+    """The batch of micro-batch ``slot`` of a step, or None when it has no examples."""
+    if plan is not None:
+        return collate_packed(data, plan[slot], pad_id) if plan[slot] else None
+    mine = step_ids[slot * micro:(slot + 1) * micro]
+    return collate(data, mine, pad_id) if mine else None
+
+
+def _stand_in(data: TokenizedSet, pad_id: int) -> dict[str, torch.Tensor]:
+    """A short fully masked batch: a rank with no examples in a micro-step runs it to join the collectives."""
+    b = collate(data, [0], pad_id)
+    b = {k: v[:, :8] for k, v in b.items()}
+    b["labels"].fill_(-100)
+    return b
+
+
 def _fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
     """What a checkpoint must agree on to be resumed: model, training recipe and the exact data."""
     blob = json.dumps({"model": asdict(cfg.model), "train": asdict(cfg.train), "ids": data.ids,
@@ -162,6 +198,8 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     hidden = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path)).hidden_size
     ds = deepspeed_config(cfg, hidden)
     model = build_model(cfg, device, ds)
+    loss_module = build_loss_module(model, t.fused_loss)
+    packing = use_packing(t.packing, model)
     params = [p for p in model.parameters() if p.requires_grad]
     steps, per_epoch = total_steps(cfg, len(data))
     optimizer = build_optimizer(t, params)
@@ -170,11 +208,11 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     if ds is None:
         from sdft.train.backends import LocalBackend
 
-        backend = LocalBackend(model, optimizer, scheduler, t.max_grad_norm)
+        backend = LocalBackend(loss_module, optimizer, scheduler, t.max_grad_norm)
     else:
         from sdft.train.backends import DeepSpeedBackend
 
-        backend = DeepSpeedBackend(model, optimizer, scheduler, ds)
+        backend = DeepSpeedBackend(loss_module, optimizer, scheduler, ds)
         if main:
             atomic_write_json(out_dir / "ds_config.json", ds)
             log.info("train: DeepSpeed ZeRO-%d on %d rank(s); resolved config (saved in %s):\n%s",
@@ -204,8 +242,9 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     n_trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
     n_total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
     log.info("train: %d examples, %d steps (global batch %d = micro-batch %d x accum %d x %d rank(s)), "
-             "%s: %d / %d parameters trainable", len(data), steps, global_batch_size(cfg), t.micro_batch_size,
-             t.grad_accum, runtime.world_size(), t.method, n_trainable, n_total)
+             "%s: %d / %d parameters trainable; fused loss %s, packing %s", len(data), steps, global_batch_size(cfg),
+             t.micro_batch_size, t.grad_accum, runtime.world_size(), t.method, n_trainable, n_total,
+             "on" if loss_module.fused else "off", "on" if packing else "off")
     writer = _tensorboard(out_dir) if main else None
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" and ds is None
                 else contextlib.nullcontext())  # DeepSpeed runs bf16 itself from its config
@@ -213,8 +252,11 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not main)
     meta = {"fingerprint": fingerprint, "total_steps": steps}
     order = None
-    # Response tokens per example (what the loss is averaged over), counted once.
+    # Response tokens per example (what the loss is averaged over) and lengths, counted once.
     n_targets = [sum(1 for y in labels[1:] if y != -100) for labels in data.labels]
+    lengths = [len(ids) for ids in data.input_ids]
+    n_micro = t.grad_accum * world
+    slots = [0, 0, 0]  # real tokens, token slots run, token slots padded batches would use
     for step in range(start, steps):
         epoch = step // per_epoch
         if order is None or order[0] != epoch:
@@ -222,17 +264,18 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
         g = global_batch_size(cfg)
         batch_ids = order[1][(step % per_epoch) * g:(step % per_epoch + 1) * g]
         n_tok = sum(n_targets[i] for i in batch_ids)
+        plan = plan_packed_step(lengths, batch_ids, n_micro, t.cutoff_len) if packing else None
+        slots = [a + b for a, b in zip(slots, step_token_slots(lengths, batch_ids, n_micro, t.micro_batch_size, plan))]
         loss_sum_local = 0.0
         for a in range(t.grad_accum):
-            k = (a * world + r) * t.micro_batch_size
-            mine = batch_ids[k:k + t.micro_batch_size]
-            b = collate(data, mine or batch_ids[:1], tok.pad_token_id)
-            if not mine:  # a fully masked stand-in, so this rank joins every collective
-                b["labels"].fill_(-100)
+            b = _micro_batch(data, batch_ids, plan, a * world + r, t.micro_batch_size, tok.pad_token_id)
+            if b is None:
+                if not backend.needs_stand_ins:
+                    continue
+                b = _stand_in(data, tok.pad_token_id)
             b = {key: v.to(device) for key, v in b.items()}
             with autocast:
-                logits = backend.module(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss_sum, _ = causal_lm_loss_sum(logits, b["labels"])
+                loss_sum = backend.module(**b)
             # DeepSpeed averages gradients over ranks, hence x world: the update is sum(loss) / n_tok.
             backend.backward(loss_sum * (world if ds is not None else 1) / max(n_tok, 1))
             loss_sum_local += loss_sum.item()
@@ -261,7 +304,14 @@ def train(cfg: RunConfig, rows: list[dict], out_dir: Path, tok, device: torch.de
                "world_size": world, "zero_stage": getattr(backend, "stage", None),
                "trainable_parameters": n_trainable, "total_parameters": n_total,
                "first_loss": history[0]["loss"] if history else None,
-               "final_loss": history[-1]["loss"] if history else None, "fingerprint": fingerprint}
+               "final_loss": history[-1]["loss"] if history else None, "fingerprint": fingerprint,
+               "fused_loss": loss_module.fused, "packing": packing,
+               "token_slots": {"real": slots[0], "run": slots[1], "padded": slots[2],
+                               "efficiency": round(slots[0] / slots[1], 4) if slots[1] else None,
+                               "padded_efficiency": round(slots[0] / slots[2], 4) if slots[2] else None}}
+    if slots[1]:
+        log.info("train: %.1f%% of token slots held real tokens (%s; padded batches: %.1f%%)",
+                 100 * slots[0] / slots[1], "packed" if packing else "padded", 100 * slots[0] / slots[2])
     state = backend.trainable_state()  # a collective under ZeRO-3: every rank calls it
     if main:
         save_final(out_dir / "final", model, tok, summary, state, full=cfg.train.method == "full")

@@ -30,6 +30,16 @@ def test_yaml_and_overrides_map_onto_dataclasses(tmp_path):
     assert cfg.data.train == str((tmp_path / "d" / "train.jsonl").resolve())
 
 
+def test_bare_on_off_read_as_booleans_by_yaml_still_mean_on_off(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  packing: off\n  fused_loss: on\n")
+    cfg = load_config(p, ["train.packing=on"])
+    assert (cfg.train.packing, cfg.train.fused_loss) == ("on", "on")
+    assert load_config(p).train.packing == "off"
+    with pytest.raises(ConfigError, match="train.method"):
+        load_config(p, ["train.method=true"])  # no on/off in its choices: a boolean stays an error
+
+
 def test_comma_list_override(tmp_path):
     cfg = load_config(write(tmp_path, {}), ["filter.gates=ban_list,math"])
     assert cfg.filter.gates == ["ban_list", "math"]

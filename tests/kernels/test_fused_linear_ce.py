@@ -1,4 +1,7 @@
-"""The chunked fused linear + cross-entropy against a float64 reference, on random data."""
+"""The fused linear + cross-entropy against a float64 reference, on random data: the chunked torch
+path, and the Triton kernel (on CUDA, else in Triton's CPU interpreter when triton is installed)."""
+
+import os
 
 import pytest
 import torch
@@ -6,8 +9,30 @@ import torch
 from sdft_kernels import fused_linear_cross_entropy
 
 # Per-dtype tolerances on loss and gradients (bf16: inputs rounded to 8 bits of mantissa, the
-# matmuls run in bf16; fp32 accumulation of softmax and d_weight keeps the rest tight).
+# matmuls run in bf16; the softmax runs in fp32; d_weight accumulates over chunks in fp32 on the
+# torch path and in bf16 on the Triton path, hence the looser d_weight bound there).
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-3)}
+TOL_DW_TRITON_BF16 = dict(rtol=5e-2, atol=6e-3)
+
+
+@pytest.fixture(scope="module")
+def triton_on_this_machine():
+    """The device ``impl="triton"`` runs on here: CUDA, else CPU through Triton's interpreter
+    (``TRITON_INTERPRET=1``, set by conftest before triton is imported)."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set")
+    return "cpu"
+
+
+@pytest.fixture(params=["torch", "triton"])
+def impl_device(request):
+    """(impl, device) pairs to run: torch on CPU, triton where it can run."""
+    if request.param == "torch":
+        return "torch", "cpu"
+    return "triton", request.getfixturevalue("triton_on_this_machine")
 
 
 def _reference(hidden, weight, labels, reduction):
@@ -35,19 +60,53 @@ def _data(n, h, v, dtype, ignored, seed=0):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("n, h, v, ignored, chunk", [(64, 32, 256, 0.0, None), (37, 19, 101, 0.5, 4),
                                                        (50, 24, 300, 0.9, 8), (8, 16, 64, 0.0, 1)])
-def test_loss_and_both_gradients_match_float64(dtype, reduction, n, h, v, ignored, chunk):
+def test_loss_and_both_gradients_match_float64(impl_device, dtype, reduction, n, h, v, ignored, chunk):
+    impl, device = impl_device
     hidden, weight, labels = _data(n, h, v, dtype, ignored)
     ref_loss, ref_dh, ref_dw = _reference(hidden, weight, labels, reduction)
-    x = hidden.clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    loss = fused_linear_cross_entropy(x, w, labels, reduction=reduction, chunk_rows=chunk)
+    x = hidden.to(device).requires_grad_()
+    w = weight.to(device).requires_grad_()
+    loss = fused_linear_cross_entropy(x, w, labels.to(device), reduction=reduction, chunk_rows=chunk, impl=impl)
     (loss * 3.0).backward()
     assert loss.dtype == torch.float32
     scale = 1.0 if reduction == "mean" else 1.0 / n  # sums grow with n: compare per row
-    torch.testing.assert_close(loss.double() * scale, ref_loss.detach() * scale, **TOL[dtype])
-    torch.testing.assert_close(x.grad.double(), ref_dh, **TOL[dtype])  # one row's gradient: no n in it
-    torch.testing.assert_close(w.grad.double() * scale, ref_dw * scale, **TOL[dtype])
-    assert (x.grad[labels == -100] == 0).all()
+    tol_dw = TOL_DW_TRITON_BF16 if impl == "triton" and dtype == torch.bfloat16 else TOL[dtype]
+    torch.testing.assert_close(loss.cpu().double() * scale, ref_loss.detach() * scale, **TOL[dtype])
+    torch.testing.assert_close(x.grad.cpu().double(), ref_dh, **TOL[dtype])  # one row's gradient: no n in it
+    torch.testing.assert_close(w.grad.cpu().double() * scale, ref_dw * scale, **tol_dw)
+    assert (x.grad[labels.to(device) == -100] == 0).all()
+
+
+def test_triton_kernel_rows_wider_than_one_block(triton_on_this_machine):
+    """V above the kernel's 8192-column block: the online log-sum-exp crosses blocks, with a ragged tail."""
+    hidden, weight, labels = _data(6, 8, 8192 + 77, torch.float32, 0.0, seed=3)
+    weight *= 8  # sharp softmax: a wrong running max would show
+    ref_loss, ref_dh, ref_dw = _reference(hidden, weight, labels, "mean")
+    x = hidden.to(triton_on_this_machine).requires_grad_()
+    w = weight.to(triton_on_this_machine).requires_grad_()
+    loss = fused_linear_cross_entropy(x, w, labels.to(triton_on_this_machine), impl="triton")
+    (loss * 3.0).backward()
+    torch.testing.assert_close(loss.cpu().double(), ref_loss.detach(), **TOL[torch.float32])
+    torch.testing.assert_close(x.grad.cpu().double(), ref_dh, **TOL[torch.float32])
+    torch.testing.assert_close(w.grad.cpu().double(), ref_dw, **TOL[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_auto_path_matches_float64_at_a_real_vocabulary(dtype):
+    """impl="auto" on CUDA (the Triton kernel) at V=32000, H=512, half the labels ignored. Tolerances
+    are Liger's bar for bf16 (loss atol 5e-3 / rtol 5e-2) and the fp32 bar for fp32."""
+    hidden, weight, labels = _data(2048, 512, 32000, dtype, 0.5, seed=5)
+    ref_loss, ref_dh, ref_dw = _reference(hidden, weight, labels, "mean")
+    x = hidden.cuda().requires_grad_()
+    w = weight.cuda().requires_grad_()
+    loss = fused_linear_cross_entropy(x, w, labels.cuda())
+    (loss * 3.0).backward()
+    tol = dict(rtol=5e-2, atol=5e-3) if dtype == torch.bfloat16 else dict(rtol=5e-4, atol=1e-5)
+    torch.testing.assert_close(loss.cpu().double(), ref_loss.detach(), **tol)
+    torch.testing.assert_close(x.grad.cpu().double(), ref_dh, **tol)
+    torch.testing.assert_close(w.grad.cpu().double(), ref_dw, **tol)
 
 
 def test_frozen_weight_skips_its_gradient():
@@ -61,11 +120,12 @@ def test_frozen_weight_skips_its_gradient():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_all_labels_ignored_gives_zero_not_nan(reduction):
+def test_all_labels_ignored_gives_zero_not_nan(impl_device, reduction):
+    impl, device = impl_device
     hidden, weight, labels = _data(10, 8, 32, torch.float32, 1.0)
-    x = hidden.clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    loss = fused_linear_cross_entropy(x, w, labels, reduction=reduction)
+    x = hidden.to(device).requires_grad_()
+    w = weight.to(device).requires_grad_()
+    loss = fused_linear_cross_entropy(x, w, labels.to(device), reduction=reduction, impl=impl)
     loss.backward()
     assert loss.item() == 0.0 and (x.grad == 0).all() and (w.grad == 0).all()
 
@@ -78,3 +138,7 @@ def test_bad_shapes_are_refused():
         fused_linear_cross_entropy(hidden, weight, labels[:5])
     with pytest.raises(ValueError, match="reduction"):
         fused_linear_cross_entropy(hidden, weight, labels, reduction="none")
+    with pytest.raises(ValueError, match="cast one to the other"):
+        fused_linear_cross_entropy(hidden.bfloat16(), weight, labels)
+    with pytest.raises(ValueError, match="impl"):
+        fused_linear_cross_entropy(hidden, weight, labels, impl="cuda")

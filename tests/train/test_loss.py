@@ -1,0 +1,127 @@
+"""The training forward (``sdft.train.loss``) and packing (``sdft.train.packing``) on every
+architecture they are enabled for: fused + packed equals plain logits run one example at a time."""
+
+import random
+
+import pytest
+import torch
+
+from sdft.train.data import collate, tokenize_rows
+from sdft.train.loss import CausalLMLoss, build_loss_module, fused_loss_blocker
+from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step, step_token_slots
+from tests.conftest import math_rows
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+def tiny(arch: str, vocab: int, **extra):
+    """A random 2-layer model of ``arch`` (fp32, sdpa, no dropout, untied head)."""
+    import transformers
+
+    cls = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2"}[arch]
+    kw = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+    if arch == "mistral":
+        kw["sliding_window"] = None
+    if arch in ("qwen3", "gemma2"):
+        kw["head_dim"] = 8
+    kw.update(extra)
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{cls}Config")(**kw)
+    cfg._attn_implementation = "eager" if arch == "gemma2" else "sdpa"  # gemma2 has no sdpa
+    return getattr(transformers, f"{cls}ForCausalLM")(cfg).train()
+
+
+@pytest.fixture
+def data(tiny_tok):
+    rows = [{"id": r["id"], "instruction": r["question"], "response": r["answer"]} for r in math_rows(7)]
+    return tokenize_rows(rows, tiny_tok, "math", cutoff_len=10**6, overlength="error")
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_packed_equals_plain_one_by_one(arch, data, tiny_tok):
+    """fp32, relative 1e-5: the summed loss and every gradient of a packed batch through the fused loss
+    equal those of the examples run alone through the model's own logits."""
+    model = tiny(arch, len(tiny_tok))
+    assert fused_loss_blocker(model) is None and packing_blocker(model) is None
+    plain, fused = CausalLMLoss(model, fused=False), CausalLMLoss(model, fused=True)
+    alone = 0.0
+    for i in range(len(data)):
+        loss = plain(**collate(data, [i], tiny_tok.pad_token_id))
+        loss.backward()
+        alone += loss.item()
+    g_alone = _grads(model)
+    model.zero_grad()
+    lengths = [len(x) for x in data.input_ids]
+    plan = plan_packed_step(lengths, list(range(len(data))), 1, 2 * max(lengths))
+    assert len(plan[0]) < len(data)  # something is packed
+    loss = fused(**collate_packed(data, plan[0], tiny_tok.pad_token_id))
+    loss.backward()
+    assert loss.item() == pytest.approx(alone, rel=1e-5)
+    assert g_alone.keys() == _grads(model).keys()
+    for n, g in _grads(model).items():
+        torch.testing.assert_close(g, g_alone[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_fused_under_bf16_autocast_and_lora_matches_plain(data, tiny_tok):
+    """LoRA adapters' gradients through the fused loss under bf16 autocast match the plain path's
+    (both run the head's matmul in bf16; bf16 tolerances)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny("llama", len(tiny_tok)), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                                    target_modules="all-linear"))
+    for p in model.parameters():  # lora_B starts at zero: give the adapters something to differ by
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    b = collate(data, list(range(4)), tiny_tok.pad_token_id)
+    out = {}
+    for fused in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = CausalLMLoss(model, fused)(**b)
+        loss.backward()
+        out[fused] = (loss.item(), _grads(model))
+    assert out[True][0] == pytest.approx(out[False][0], rel=2e-2)
+    assert out[True][1].keys() == out[False][1].keys() and out[True][1]
+    for n, g in out[True][1].items():
+        torch.testing.assert_close(g, out[False][1][n], rtol=5e-2, atol=2e-3, msg=n)
+
+
+def test_blockers_name_the_reason_and_on_fails(tiny_tok):
+    from peft import LoraConfig, get_peft_model
+
+    gemma2 = tiny("gemma2", len(tiny_tok), final_logit_softcapping=30.0)
+    assert "final_logit_softcapping=30.0" in fused_loss_blocker(gemma2)
+    assert "model_type 'gemma2'" in packing_blocker(gemma2)
+    assert build_loss_module(gemma2, "auto").fused is False
+    with pytest.raises(ValueError, match="train.fused_loss=on: the model's config sets final_logit_softcapping"):
+        build_loss_module(gemma2, "on")
+    head_lora = get_peft_model(tiny("llama", len(tiny_tok)), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    assert "adapted by LoRA" in fused_loss_blocker(head_lora)
+    llama = tiny("llama", len(tiny_tok))
+    llama.config._attn_implementation = "flash_attention_2"
+    assert "does not take the block-diagonal mask" in packing_blocker(llama)
+    assert "sliding-window" in packing_blocker(tiny("mistral", len(tiny_tok), sliding_window=64))
+    assert build_loss_module(llama, "off").fused is False
+
+
+def test_plan_deals_every_example_once_and_balances_tokens():
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 300) for _ in range(500)]
+    batch = rng.sample(range(500), 64)
+    plan = plan_packed_step(lengths, batch, 8, 512)
+    assert len(plan) == 8 and plan == plan_packed_step(lengths, batch, 8, 512)
+    placed = [i for rows in plan for row in rows for i in row]
+    assert sorted(placed) == sorted(batch)
+    assert all(sum(lengths[i] for i in row) <= 512 for rows in plan for row in rows)
+    tokens = [sum(lengths[i] for row in rows for i in row) for rows in plan]
+    assert max(tokens) - min(tokens) <= 512  # greedy: within one row of each other
+    real, packed, padded = step_token_slots(lengths, batch, 8, 8, plan)
+    assert real == sum(lengths[i] for i in batch) and real <= packed < padded
+    assert real / packed > 0.9
+    few = plan_packed_step([5, 5, 5], [0, 1, 2], 4, 100)
+    assert few == [[[0, 1, 2]], [], [], []]
