@@ -3,12 +3,14 @@
     python benchmarks/loss_head.py                                   # CPU defaults: N=4096, H=1024, V=32000
     python benchmarks/loss_head.py --n 8192 32768 --h 4096 --v 32000 128256 --dtype bfloat16   # GPU
 
-Each case (N tokens, hidden H, vocab V, share of ignored labels, trainable or frozen weight) runs in a
-fresh process: inputs are made, then each implementation runs forward + backward ``--repeat`` times.
-Printed per implementation: median ms, peak memory over the inputs (GPU: max_memory_allocated minus
-what the inputs hold; CPU: the process's peak RSS minus its RSS after making the inputs, so each
-implementation gets its own process), the ratios to torch, and the relative error of the loss and
-gradients against torch's.
+Each case (N tokens, hidden H, vocab V, share of ignored labels, trainable or frozen weight): inputs
+are made, then each implementation runs forward + backward once untimed (Triton compiles) and
+``--repeat`` times timed. On CPU each implementation runs in a fresh process (peak RSS is per
+process); on CUDA all run in this one. Printed per implementation: median ms, peak memory over the
+inputs (GPU: max_memory_allocated minus what the inputs hold; CPU: peak RSS minus RSS after making
+the inputs), ``extra_gib`` = that peak minus the gradients returned (d_hidden, d_weight: the
+transient the loss needs beyond its outputs), the ratios to torch and to Liger, and the relative
+error of the loss and gradients against torch's (float32 logits).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 
 import torch
 
-IMPLS = ("torch", "sdft", "liger")
+IMPLS = ("torch", "sdft", "sdft_torch", "liger")  # sdft_torch: sdft's chunked torch path (on CUDA: without Triton)
 
 
 def _rss_kib(field: str) -> int:
@@ -33,23 +35,24 @@ def _rss_kib(field: str) -> int:
 
 
 def _inputs(n, h, v, dtype, device, ignored, trainable):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    hidden = torch.randn(n, h, generator=g, dtype=dtype).to(device).requires_grad_()
-    weight = torch.randn(v, h, generator=g, dtype=dtype).to(device)
+    g = torch.Generator(device=device).manual_seed(0)  # made on the device: CPU randn of a 128k x 4k weight takes seconds
+    hidden = torch.randn(n, h, generator=g, device=device, dtype=dtype).requires_grad_()
+    weight = torch.randn(v, h, generator=g, device=device, dtype=dtype)
     weight.mul_(h ** -0.5)
     weight.requires_grad_(trainable)
-    labels = torch.randint(0, v, (n,), generator=g)
-    labels[torch.rand(n, generator=g) < ignored] = -100
-    return hidden, weight, labels.to(device)
+    labels = torch.randint(0, v, (n,), generator=g, device=device)
+    labels[torch.rand(n, generator=g, device=device) < ignored] = -100
+    return hidden, weight, labels
 
 
 def _loss_fn(impl):
     if impl == "torch":
         return lambda x, w, y: torch.nn.functional.cross_entropy((x @ w.t()).float(), y, ignore_index=-100)
-    if impl == "sdft":
+    if impl in ("sdft", "sdft_torch"):
         from sdft_kernels import fused_linear_cross_entropy
 
-        return fused_linear_cross_entropy
+        mode = "auto" if impl == "sdft" else "torch"
+        return lambda x, w, y: fused_linear_cross_entropy(x, w, y, impl=mode)
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     liger = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
@@ -61,6 +64,9 @@ def _run_case(impl, case, queue):
     x, w, y = _inputs(case["n"], case["h"], case["v"], getattr(torch, case["dtype"]), device, case["ignored"],
                       case["trainable"])
     fn = _loss_fn(impl)
+    fn(x, w, y).backward()  # warm-up: Triton compiles, allocators settle
+    x.grad = None
+    w.grad = None
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -79,12 +85,21 @@ def _run_case(impl, case, queue):
         times.append(time.perf_counter() - start)
     peak = ((torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda"
             else (_rss_kib("VmHWM:") - base) / 2**20)
+    outputs = sum(t.numel() * t.element_size() for t in (x.grad, w.grad) if t is not None) / 2**30
     # numpy, not tensors: torch would share tensor memory through file descriptors of this process
     grads = [x.grad.float().cpu().numpy()] + ([w.grad.float().cpu().numpy()] if w.grad is not None else [])
-    queue.put({"ms": 1000 * statistics.median(times), "peak_gib": peak, "loss": loss.item(), "grads": grads})
+    out = {"ms": 1000 * statistics.median(times), "peak_gib": peak, "extra_gib": peak - outputs, "loss": loss.item(),
+           "grads": grads}
+    if queue is None:
+        return out
+    queue.put(out)
 
 
 def run(impl, case):
+    if case["device"] == "cuda":
+        out = _run_case(impl, case, None)
+        torch.cuda.empty_cache()
+        return out
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_run_case, args=(impl, case, queue))
@@ -108,21 +123,25 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--frozen", action="store_true", help="weight without grad (LoRA): no d_weight")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--impls", default=",".join(IMPLS))
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    impls = [i for i in IMPLS if i != "liger" or _has_liger()]
+    impls = [i for i in args.impls.split(",") if (i != "liger" or _has_liger()) and (i != "sdft_torch" or device == "cuda")]
     for n in args.n:
         for v in args.v:
             for ignored in args.ignored:
                 case = dict(n=n, h=args.h, v=v, ignored=ignored, dtype=args.dtype, device=device,
                             trainable=not args.frozen, repeat=args.repeat)
                 res = {impl: run(impl, case) for impl in impls}
-                ref = res["torch"]
+                ref, liger = res["torch"], res.get("liger")
                 for impl, r in res.items():
                     row = {**{k: case[k] for k in ("n", "h", "v", "ignored", "dtype", "device", "trainable")},
                            "impl": impl, "ms": round(r["ms"], 2), "peak_gib": round(r["peak_gib"], 4),
+                           "extra_gib": round(r["extra_gib"], 4),
                            "time_vs_torch": round(r["ms"] / ref["ms"], 3),
                            "mem_vs_torch": round(r["peak_gib"] / ref["peak_gib"], 3) if ref["peak_gib"] > 0 else None,
+                           "time_vs_liger": round(r["ms"] / liger["ms"], 3) if liger else None,
+                           "mem_vs_liger": round(r["peak_gib"] / liger["peak_gib"], 3) if liger else None,
                            "loss_rel_err": abs(r["loss"] - ref["loss"]) / abs(ref["loss"]),
                            "grad_rel_err": max(_rel(a, b) for a, b in zip(r["grads"], ref["grads"]))}
                     print(json.dumps(row), flush=True)

@@ -12,7 +12,7 @@ RSS) and the ratio of sdft to the plain loop. The arms share nothing but the sav
 - ``hf``: AutoModelForCausalLM.from_pretrained(quantization_config=...), prepare_model_for_kbit_training,
   get_peft_model, torch AdamW, model(labels=...).loss.
 - ``sdft``: ``sdft.train.recipe.build_model`` and ``build_optimizer`` (what ``train.method=qlora``
-  runs) and sdft's token-normalised loss.
+  runs) and sdft's training forward (``sdft.train.loss``: the fused loss where the model allows it).
 """
 
 from __future__ import annotations
@@ -25,14 +25,7 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024),
-    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256),
-}
+from workload import SHAPES
 
 
 def random_model(shape: str, cache: Path) -> Path:
@@ -84,7 +77,7 @@ def hf_arm(path: Path, device: torch.device):
 
 def sdft_arm(path: Path, device: torch.device):
     from sdft.config.schema import RunConfig
-    from sdft.train.data import causal_lm_loss_sum
+    from sdft.train.loss import build_loss_module
     from sdft.train.recipe import build_model, build_optimizer
 
     cfg = RunConfig()
@@ -94,13 +87,14 @@ def sdft_arm(path: Path, device: torch.device):
     t.gradient_checkpointing, t.lr = True, 1e-4
     model = build_model(cfg, device, None)
     opt = build_optimizer(t, [p for p in model.parameters() if p.requires_grad])
+    loss_module = build_loss_module(model, t.fused_loss)
 
     def step(ids):
-        loss_sum, n = causal_lm_loss_sum(model(input_ids=ids).logits, ids)
-        (loss_sum / n).backward()
+        loss = loss_module(input_ids=ids, labels=ids) / (ids.numel() - ids.shape[0])
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return (loss_sum / n).item()
+        return loss.item()
 
     return step
 

@@ -78,8 +78,8 @@ def test_loss_and_both_gradients_match_float64(impl_device, dtype, reduction, n,
 
 
 def test_triton_kernel_rows_wider_than_one_block(triton_on_this_machine):
-    """V above the kernel's 8192-column block: the online log-sum-exp crosses blocks, with a ragged tail."""
-    hidden, weight, labels = _data(6, 8, 8192 + 77, torch.float32, 0.0, seed=3)
+    """V above the kernel's widest (32768-column) block: the online log-sum-exp crosses blocks, with a ragged tail."""
+    hidden, weight, labels = _data(6, 8, 32768 + 77, torch.float32, 0.0, seed=3)
     weight *= 8  # sharp softmax: a wrong running max would show
     ref_loss, ref_dh, ref_dw = _reference(hidden, weight, labels, "mean")
     x = hidden.to(triton_on_this_machine).requires_grad_()
@@ -95,28 +95,35 @@ def test_triton_kernel_rows_wider_than_one_block(triton_on_this_machine):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_auto_path_matches_float64_at_a_real_vocabulary(dtype):
-    """impl="auto" on CUDA (the Triton kernel) at V=32000, H=512, half the labels ignored. Tolerances
-    are Liger's bar for bf16 (loss atol 5e-3 / rtol 5e-2) and the fp32 bar for fp32."""
+    """impl="auto" on CUDA (the Triton kernel) at V=32000, H=512, half the labels ignored. fp32: the
+    fp32 bar (rtol 5e-4, atol 1e-5). bf16: loss within Liger's bar (atol 5e-3, rtol 5e-2); each
+    gradient's relative error (Frobenius) within torch's own bf16 error + 1e-2 (CCE's bar), torch
+    computing bf16 logits and a float32 cross-entropy."""
     hidden, weight, labels = _data(2048, 512, 32000, dtype, 0.5, seed=5)
     ref_loss, ref_dh, ref_dw = _reference(hidden, weight, labels, "mean")
-    x = hidden.cuda().requires_grad_()
-    w = weight.cuda().requires_grad_()
-    loss = fused_linear_cross_entropy(x, w, labels.cuda())
-    (loss * 3.0).backward()
-    tol = dict(rtol=5e-2, atol=5e-3) if dtype == torch.bfloat16 else dict(rtol=5e-4, atol=1e-5)
-    torch.testing.assert_close(loss.cpu().double(), ref_loss.detach(), **tol)
-    torch.testing.assert_close(x.grad.cpu().double(), ref_dh, **tol)
-    torch.testing.assert_close(w.grad.cpu().double(), ref_dw, **tol)
 
+    def run(fn):
+        x = hidden.cuda().requires_grad_()
+        w = weight.cuda().requires_grad_()
+        loss = fn(x, w, labels.cuda())
+        (loss * 3.0).backward()
+        return loss.detach().cpu().double(), x.grad.cpu().double(), w.grad.cpu().double()
 
-def test_frozen_weight_skips_its_gradient():
-    hidden, weight, labels = _data(32, 16, 64, torch.float32, 0.25)
-    x = hidden.clone().requires_grad_()
-    loss = fused_linear_cross_entropy(x, weight, labels)
-    loss.backward()
-    _, ref_dh, _ = _reference(hidden, weight, labels, "mean")
-    torch.testing.assert_close(x.grad.double() * 3.0, ref_dh, rtol=1e-4, atol=1e-5)
-    assert weight.grad is None
+    loss, dh, dw = run(fused_linear_cross_entropy)
+    if dtype == torch.float32:
+        tol = dict(rtol=5e-4, atol=1e-5)
+        torch.testing.assert_close(loss, ref_loss.detach(), **tol)
+        torch.testing.assert_close(dh, ref_dh, **tol)
+        torch.testing.assert_close(dw, ref_dw, **tol)
+        return
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=5e-2, atol=5e-3)
+    _, t_dh, t_dw = run(lambda x, w, y: torch.nn.functional.cross_entropy((x @ w.t()).float(), y, ignore_index=-100))
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    assert rel(dh, ref_dh) <= rel(t_dh, ref_dh) + 1e-2
+    assert rel(dw, ref_dw) <= rel(t_dw, ref_dw) + 1e-2
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 4's GPU checks in one go (about 6 minutes on one H100): the GPU tests of the kernels, then the
+# loss-head, train-step and packing benchmarks at the issue's shapes. From the repository root:
+#   bash benchmarks/run_gpu.sh [OUT_DIR]
+# Installs this repository (no dependencies) and any wheels in .whl/ (liger-kernel, for the Liger
+# baseline) into /tmp/site first: the GPU image has torch, triton and transformers, and no network.
+# Each step has its own time limit and a failing step does not stop the next. Log: OUT_DIR/log.txt.
+set -u
+out=${1:-${OUT:-/tmp/sdft-gpu}}
+mkdir -p "$out"
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+step() { local limit=$1; shift; echo "== [$(date +%T)] $*" | tee -a "$out/log.txt"
+         timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -e "Warning" -e "warnings.warn" | tee -a "$out/log.txt"; }
+step 120 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . $(ls .whl/*.whl 2>/dev/null)
+step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+step 60 python3 -c "import importlib.util, importlib.metadata as m, torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'liger', m.version('liger-kernel') if importlib.util.find_spec('liger_kernel') else None)"
+step 150 python3 -m pytest -q -p no:cacheprovider -x tests/kernels
+step 200 python3 benchmarks/loss_head.py --n 8192 32768 --h 4096 --v 32000 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5
+step 60 python3 benchmarks/loss_head.py --n 32768 --h 4096 --v 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5 --frozen
+step 150 python3 benchmarks/train_step.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 8 --padded-micro 8 --steps 5
+step 120 python3 benchmarks/packing.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 4 --padded-micro 8 --tokens 16384 --steps 4
+echo "== [$(date +%T)] done" | tee -a "$out/log.txt"

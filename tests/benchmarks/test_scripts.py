@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end on tiny shapes (their figures are not checked: benchmarks
+prove speed, tests prove that the scripts still work and compare the same work in both arms)."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(script, *args):
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")], res.stdout
+
+
+def test_packing_benchmark_compares_the_same_tokens():
+    rows, out = _run("packing.py", "--shape", "tiny", "--seq", "1024", "--tokens", "4096", "--steps", "1")
+    by = {(r["dist"], r["arm"]): r for r in rows}
+    for dist in ("math", "longtail"):
+        assert by[dist, "packed"]["real_tokens"] == by[dist, "padded"]["real_tokens"] > 0
+        assert by[dist, "packed"]["slot_efficiency"] > 0.8
+    assert by["longtail", "packed"]["slot_efficiency"] > by["longtail", "padded"]["slot_efficiency"]
+    assert "longtail: packed / padded: useful tokens/s" in out
+
+
+def test_train_step_benchmark_runs_both_workloads():
+    rows, out = _run("train_step.py", "--shape", "tiny", "--dtype", "float32", "--seq", "128", "--rows", "2",
+                     "--steps", "1", "--padded-micro", "4")
+    assert rows[0]["card"] == "cpu" and rows[0]["params"] > 0
+    assert [(r["workload"], r["arm"]) for r in rows[1:]] == [("dense", "hf"), ("dense", "sdft"), ("sft", "hf"),
+                                                            ("sft", "sdft")]
+    assert all(r["tokens_per_s"] > 0 for r in rows[1:])
+    assert "sft: sdft / hf: tokens/s" in out
+
+
+def test_loss_head_benchmark_agrees_with_torch():
+    rows, _ = _run("loss_head.py", "--n", "256", "--h", "64", "--v", "1000", "--ignored", "0.5", "--repeat", "1",
+                   "--impls", "torch,sdft")
+    sdft = next(r for r in rows if r["impl"] == "sdft")
+    assert sdft["loss_rel_err"] < 1e-5 and sdft["grad_rel_err"] < 1e-5
