@@ -8,7 +8,8 @@ long-tailed one), each step takes examples until they hold ``--tokens`` real tok
 examples for both arms, and runs forward + backward (sdft's fused loss in both, so only the layout
 differs; no optimizer):
 
-- ``padded``: micro-batches of ``--padded-micro`` examples, each padded to its longest example.
+- ``padded``: micro-batches padded to their longest example, each holding as many examples as fit
+  the packed micro-batch's positions (``--rows x --seq``) with their padding: the same memory budget.
 - ``packed``: the step's examples packed into rows of ``--seq`` tokens (best-fit-decreasing, block-
   diagonal attention mask), micro-batches of ``--rows`` rows.
 
@@ -26,7 +27,7 @@ import random
 
 import torch
 
-from workload import (LENGTHS, example_lengths, packed_batch, padded_batch, peak_gib, random_llama,
+from workload import (LENGTHS, example_lengths, packed_batch, padded_batches, peak_gib, random_llama,
                                  reset_peak, sft_set, time_steps)
 from sdft.train.loss import CausalLMLoss
 
@@ -69,7 +70,7 @@ def step_examples(lengths, tokens: int, steps: int, seed: int = 0) -> list[list[
 
 def micro_batches(arm: str, data, idx: list[int], args) -> list[dict]:
     if arm == "padded":
-        return [padded_batch(data, idx[k:k + args.padded_micro]) for k in range(0, len(idx), args.padded_micro)]
+        return padded_batches(data, idx, args.rows * args.seq)
     rows = packed_batch(data, idx, args.seq)
     r = args.rows
     return [{k: v[j:j + r] for k, v in rows.items()} for j in range(0, rows["input_ids"].shape[0], r)]
@@ -82,7 +83,6 @@ def main() -> None:
     p.add_argument("--dist", nargs="+", default=["math", "longtail"])
     p.add_argument("--seq", type=int, default=512, help="packed row length")
     p.add_argument("--rows", type=int, default=4, help="packed rows per micro-batch")
-    p.add_argument("--padded-micro", type=int, default=8, help="examples per padded micro-batch")
     p.add_argument("--tokens", type=int, default=4096, help="real tokens per step")
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     p.add_argument("--arms", default="padded,packed")

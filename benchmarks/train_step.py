@@ -10,8 +10,8 @@ unless ``--ckpt``. Two workloads, each with the same examples for both arms:
   ``benchmarks/RESULTS.md``'s anchor table). Arms: ``hf`` = ``model(input_ids, labels=...).loss``
   (float32 logits, transformers' loss); ``sdft`` = ``CausalLMLoss`` with the fused loss.
 - ``sft``: examples with prompt and response lengths from ``--dist`` (``benchmarks/workload.py``),
-  about ``--rows x --seq`` real tokens per step. ``hf``: micro-batches of ``--padded-micro`` examples,
-  dynamically padded, HF loss; ``sdft``: packed rows of ``--seq`` (micro-batches of ``--rows`` rows),
+  about ``--rows x --seq`` real tokens per step. ``hf``: dynamically padded micro-batches of at most
+  ``--rows x --seq`` positions (padding included), HF loss; ``sdft``: packed rows of ``--seq`` (micro-batches of ``--rows`` rows),
   fused loss (unlabelled prompt rows skipped before the head's matmul).
 
 Prints tokens/s (real tokens), MFU = 6 N tokens/s over the card's measured bf16 matmul rate (an
@@ -25,7 +25,7 @@ import argparse
 import json
 
 import torch
-from workload import (example_lengths, matmul_ceiling_tflops, n_params, packed_batch, padded_batch, peak_gib,
+from workload import (example_lengths, matmul_ceiling_tflops, n_params, packed_batch, padded_batches, peak_gib,
                       random_llama, reset_peak, sft_set, time_steps)
 
 from sdft.train.loss import CausalLMLoss
@@ -56,7 +56,7 @@ def sft_batches(arm: str, args, vocab: int, steps: int) -> tuple[list[list[dict]
             at += 1
         real += total if s else 0  # the first step is the warm-up
         if arm == "hf":
-            out.append([padded_batch(data, idx[k:k + args.padded_micro]) for k in range(0, len(idx), args.padded_micro)])
+            out.append(padded_batches(data, idx, args.rows * args.seq))
         else:
             rows = packed_batch(data, idx, args.seq)
             out.append([{k: v[j:j + args.rows] for k, v in rows.items()}
@@ -87,7 +87,6 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--rows", type=int, default=8)
-    p.add_argument("--padded-micro", type=int, default=32)
     p.add_argument("--dist", default="longtail", choices=["math", "longtail"])
     p.add_argument("--workloads", default="dense,sft")
     p.add_argument("--arms", default="hf,sdft")

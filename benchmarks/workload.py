@@ -81,9 +81,21 @@ def sft_set(lengths: list[tuple[int, int]], vocab: int, seed: int = 0) -> Tokeni
     return data
 
 
-def padded_batch(data: TokenizedSet, idx: list[int]) -> dict[str, torch.Tensor]:
-    """Right-padded to the longest example of ``idx`` (dynamic padding, the HF collator's default)."""
-    return collate(data, idx, pad_id=0)
+def padded_batches(data: TokenizedSet, idx: list[int], slots: int) -> list[dict[str, torch.Tensor]]:
+    """``idx`` in order, in micro-batches right-padded to their longest example (dynamic padding, the
+    HF collator's default), each as many examples as fit ``slots`` positions (examples x longest)
+    with the padding: the memory budget of a packed micro-batch of ``slots`` positions."""
+    out, mine, longest = [], [], 0
+    for i in idx:
+        n = len(data.input_ids[i])
+        if mine and (len(mine) + 1) * max(longest, n) > slots:
+            out.append(collate(data, mine, pad_id=0))
+            mine, longest = [], 0
+        mine.append(i)
+        longest = max(longest, n)
+    if mine:
+        out.append(collate(data, mine, pad_id=0))
+    return out
 
 
 def packed_batch(data: TokenizedSet, idx: list[int], seq: int) -> dict[str, torch.Tensor]:

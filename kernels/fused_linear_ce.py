@@ -61,16 +61,28 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if weight.requires_grad else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = chunk_rows or default_chunk_rows(max(n, 1), h, weight.shape[0])
+        # Chunk size from all N rows, not the kept ones: dropping rows then means fewer chunks of the
+        # same (efficient) size, not as many smaller ones.
+        rows = chunk_rows or default_chunk_rows(n_all, h, weight.shape[0])
+        every_row = n == n_all  # then chunks are slices: no gather of hidden, no scatter of its gradient
         for start in range(0, n, rows):
-            idx = keep[start:start + rows]
-            x = hidden.index_select(0, idx)                          # [c, H]
-            dlogits, chunk_loss = softmax_grad(x @ weight.t(), labels.index_select(0, idx), scale)  # [c, V]
+            if every_row:
+                idx = slice(start, start + rows)
+                x, y = hidden[idx], labels[idx]                      # [c, H], [c]
+            else:
+                idx = keep[start:start + rows]
+                x, y = hidden.index_select(0, idx), labels.index_select(0, idx)
+            dlogits, chunk_loss = softmax_grad(x @ weight.t(), y, scale)  # [c, V]
             loss += chunk_loss
             if grad_hidden is not None:
-                grad_hidden.index_copy_(0, idx, (dlogits.to(weight.dtype) @ weight).to(hidden.dtype))
+                dx = dlogits.to(weight.dtype) @ weight
+                if every_row:
+                    grad_hidden[idx] = dx
+                else:
+                    grad_hidden.index_copy_(0, idx, dx)
             if grad_weight is not None:
                 grad_weight.addmm_(dlogits.t(), x.to(dlogits.dtype))
+            del dlogits  # before the next chunk's logits are allocated: one [c, V] buffer alive, not two
         loss *= scale
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return loss

@@ -57,7 +57,8 @@ def softmax_grad_(logits: torch.Tensor, labels: torch.Tensor, scale: float) -> t
     c, v = logits.shape
     loss = torch.empty(c, dtype=torch.float32, device=logits.device)
     if c:
-        # Liger's launch shape for this row-wise pass: wide blocks, many warps per row.
+        # Liger's launch shape: wide blocks, many warps per row. Autotuning over six shapes on an H100
+        # chose this one too for V = 32000 and 128256 (benchmarks/RESULTS.md).
         block = min(32768, triton.next_power_of_2(v))
         warps = 32 if block >= 32768 else 16 if block >= 8192 else 4
         _softmax_grad_rows[(c,)](logits, logits.stride(0), labels, loss, v, scale, BLOCK=block, num_warps=warps)

@@ -27,7 +27,7 @@ def test_packing_benchmark_compares_the_same_tokens():
 
 def test_train_step_benchmark_runs_both_workloads():
     rows, out = _run("train_step.py", "--shape", "tiny", "--dtype", "float32", "--seq", "128", "--rows", "2",
-                     "--steps", "1", "--padded-micro", "4")
+                     "--steps", "1")
     assert rows[0]["card"] == "cpu" and rows[0]["params"] > 0
     assert [(r["workload"], r["arm"]) for r in rows[1:]] == [("dense", "hf"), ("dense", "sdft"), ("sft", "hf"),
                                                             ("sft", "sdft")]
