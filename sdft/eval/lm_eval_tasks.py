@@ -3,7 +3,9 @@
 The model already in memory is wrapped in lm-eval's ``HFLM``; nothing is downloaded by sdft. A task's
 data must be local: in the ``datasets`` cache, or a task YAML in ``eval.lm_eval_include_path`` that
 reads local files (``dataset_path: json`` with ``data_files``). Metrics are reported as
-``lm_eval.<task>.<metric>`` (e.g. ``lm_eval.arc_easy.acc``), with lm-eval's own direction.
+``lm_eval.<task>.<metric>`` (e.g. ``lm_eval.arc_easy.acc``), with lm-eval's own direction: the task's,
+from a run in this process, else the metric's in lm-eval's registry (so a report rebuilt from cached
+results still knows that perplexity falls), else unknown (reported without a verdict).
 """
 
 from __future__ import annotations
@@ -70,4 +72,9 @@ class LmEvalEvaluator(Evaluator):
     def describe(self, metric: str) -> Metric | None:
         if not metric.startswith(PREFIX):
             return None
-        return Metric(metric[len(PREFIX):], self.directions.get(metric, True))
+        better = getattr(self, "directions", {}).get(metric)
+        if better is None:
+            from lm_eval.api.registry import is_higher_better
+
+            better = is_higher_better(metric.rsplit(".", 1)[-1])
+        return Metric(metric[len(PREFIX):], better)

@@ -84,3 +84,13 @@ def test_unknown_task_is_refused_before_any_work(tmp_path, tiny_tok):
     ev = LmEvalEvaluator()
     with pytest.raises(EvalError, match=r"no task \['no_such_task_xyz'\].*lm_eval_include_path"):
         ev.prepare(EvalContext(cfg, tiny_tok, torch.device("cpu"), tmp_path))
+
+
+def test_directions_survive_a_report_rebuilt_from_cached_results():
+    """A fresh evaluator (no run in this process, as when every result comes from the cache) takes
+    each metric's direction from lm-eval's registry: perplexity falls, accuracy rises."""
+    ev = LmEvalEvaluator()
+    assert ev.describe("lm_eval.wikitext.word_perplexity").higher_is_better is False
+    assert ev.describe("lm_eval.arc_easy.acc_norm").higher_is_better is True
+    assert ev.describe("lm_eval.mine.my_own_score").higher_is_better is None  # unknown: no verdict
+    assert ev.describe("task_accuracy") is None
