@@ -125,3 +125,44 @@ def test_plan_deals_every_example_once_and_balances_tokens():
     assert real / packed > 0.9
     few = plan_packed_step([5, 5, 5], [0, 1, 2], 4, 100)
     assert few == [[[0, 1, 2]], [], [], []]
+
+
+MORE_ARCHS = ["gemma", "gemma3_text", "phi3", "olmo2", "granite", "qwen2_moe", "qwen3_moe", "mixtral", "stablelm",
+              "starcoder2", "gpt_neox", "helium", "smollm3", "exaone4"]
+
+
+@pytest.mark.parametrize("model_type", MORE_ARCHS + ["cohere", "phi"])
+def test_fused_loss_equals_the_models_own_logits_or_is_refused(model_type):
+    """``auto`` turns the fused loss on from the config alone, so every architecture it admits must give
+    the model's own loss and gradients (fp32, 1e-5); the ones that transform or bias their logits
+    (cohere's logit_scale, phi's head bias) are refused with the reason."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                               tie_word_embeddings=False, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    if hasattr(cfg, "head_dim"):
+        cfg.head_dim = 8
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    blocker = fused_loss_blocker(model)
+    if model_type in ("cohere", "phi"):
+        assert blocker and ("logit_scale" in blocker or "bias" in blocker)
+        return
+    assert blocker is None
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    out = {}
+    for fused in (False, True):
+        model.zero_grad()
+        loss = CausalLMLoss(model, fused)(input_ids=ids, labels=labels)
+        loss.backward()
+        out[fused] = (loss.item(), _grads(model))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
+    for n, g in out[False][1].items():
+        torch.testing.assert_close(out[True][1][n], g, rtol=1e-5, atol=1e-6, msg=n)
