@@ -23,8 +23,8 @@ def _softmax_grad_rows(logits_ptr, stride, labels_ptr, loss_ptr, n_cols, scale, 
     base = logits_ptr + row * stride
     label = tl.load(labels_ptr + row)
     offs = tl.arange(0, BLOCK)
-    # Online log-sum-exp with a scalar running max: one exp per element (the exp units, not memory,
-    # would bound a per-lane version). Masked lanes load -inf and add exp(-inf) = 0.
+    # Online log-sum-exp with one running max per row (Liger's form): one exp per element, where a
+    # running max per lane would take two. Masked lanes load -inf and add exp(-inf) = 0.
     m = float("-inf")
     s = 0.0
     for start in range(0, n_cols, BLOCK):
