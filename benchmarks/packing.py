@@ -27,7 +27,7 @@ import random
 
 import torch
 
-from workload import (LENGTHS, example_lengths, packed_batch, padded_batches, peak_gib, random_llama,
+from workload import (LENGTHS, example_lengths, packed_batch, padded_batches, peak_gib, print_ratio, random_llama,
                                  reset_peak, sft_set, time_steps)
 from sdft.train.loss import CausalLMLoss
 
@@ -118,9 +118,7 @@ def main() -> None:
                               "device": str(device), "steps": args.steps, "real_tokens": real,
                               **{k: round(v, 4) for k, v in res[arm].items()}}), flush=True)
         if "padded" in res and "packed" in res:
-            a, b = res["packed"], res["padded"]
-            print(f"{dist}: packed / padded: useful tokens/s {a['useful_tokens_per_s'] / b['useful_tokens_per_s']:.3f}x, "
-                  f"peak memory {a['peak_gib'] / b['peak_gib']:.3f}x", flush=True)
+            print_ratio(f"{dist}: packed / padded", res["packed"], res["padded"], "useful_tokens_per_s", "useful tokens/s")
 
 
 if __name__ == "__main__":

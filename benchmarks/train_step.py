@@ -26,7 +26,7 @@ import json
 
 import torch
 from workload import (example_lengths, matmul_ceiling_tflops, n_params, packed_batch, padded_batches, peak_gib,
-                      random_llama, reset_peak, sft_set, time_steps)
+                      print_ratio, random_llama, reset_peak, sft_set, time_steps)
 
 from sdft.train.loss import CausalLMLoss
 
@@ -128,9 +128,7 @@ def main() -> None:
                   flush=True)
             del batches
         if "hf" in res and "sdft" in res:
-            a, b = res["sdft"], res["hf"]
-            print(f"{workload}: sdft / hf: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.3f}x, "
-                  f"peak memory {a['peak_gib'] / b['peak_gib']:.3f}x", flush=True)
+            print_ratio(f"{workload}: sdft / hf", res["sdft"], res["hf"], "tokens_per_s", "tokens/s")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,9 @@ def matmul_ceiling_tflops(device: torch.device, dtype: torch.dtype, n: int = 819
         a @ b
     sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def print_ratio(label: str, ours: dict, base: dict, speed: str, speed_name: str) -> None:
+    """One line: ``ours`` over ``base`` in the ``speed`` figure (printed as ``speed_name``) and in peak memory."""
+    print(f"{label}: {speed_name} {ours[speed] / base[speed]:.3f}x, "
+          f"peak memory {ours['peak_gib'] / base['peak_gib']:.3f}x", flush=True)

@@ -23,17 +23,17 @@ import heapq
 import torch
 
 from sdft.train.data import TokenizedSet
+from sdft.train.loss import causal_lm
 from sdft_kernels.packing import best_fit_decreasing, pack
 
-# Architectures whose attention takes the 4D block mask as given (tests/train/test_packing.py).
+# Architectures whose attention takes the 4D block mask as given (tests/train/test_loss.py).
 PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
 def packing_blocker(model) -> str | None:
     """Why packing is not safe for ``model`` (a transformers or peft model), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
+    cfg = causal_lm(model).config
     if cfg.model_type not in PACKABLE_MODEL_TYPES:
         return f"model_type {cfg.model_type!r} is not among the tested {', '.join(PACKABLE_MODEL_TYPES)}"
     attn = getattr(cfg, "_attn_implementation", None) or "eager"
