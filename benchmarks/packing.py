@@ -29,7 +29,7 @@ import torch
 
 from workload import (LENGTHS, example_lengths, packed_batch, padded_batches, peak_gib, print_ratio, random_llama,
                                  reset_peak, sft_set, time_steps)
-from sdft.train.loss import CausalLMLoss
+from sdft.train.objective import CausalLMLoss
 
 
 def write_lengths() -> None:

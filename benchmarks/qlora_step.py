@@ -11,8 +11,8 @@ RSS) and the ratio of sdft to the plain loop. The arms share nothing but the sav
 
 - ``hf``: AutoModelForCausalLM.from_pretrained(quantization_config=...), prepare_model_for_kbit_training,
   get_peft_model, torch AdamW, model(labels=...).loss.
-- ``sdft``: ``sdft.train.recipe.build_model`` and ``build_optimizer`` (what ``train.method=qlora``
-  runs) and sdft's training forward (``sdft.train.loss``: the fused loss where the model allows it).
+- ``sdft``: ``sdft.train.model.build_model`` and ``build_optimizer`` (what ``train.method=qlora``
+  runs) and sdft's training forward (``sdft.train.objective``: the fused loss where the model allows it).
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def hf_arm(path: Path, device: torch.device):
 
 def sdft_arm(path: Path, device: torch.device):
     from sdft.config.schema import RunConfig
-    from sdft.train.loss import build_loss_module
-    from sdft.train.recipe import build_model, build_optimizer
+    from sdft.train.model import build_model, build_optimizer
+    from sdft.train.objective import build_loss_module
 
     cfg = RunConfig()
     cfg.model.path, cfg.model.dtype = str(path), "bfloat16"

@@ -28,7 +28,7 @@ import torch
 from workload import (example_lengths, matmul_ceiling_tflops, n_params, packed_batch, padded_batches, peak_gib,
                       print_ratio, random_llama, reset_peak, sft_set, time_steps)
 
-from sdft.train.loss import CausalLMLoss
+from sdft.train.objective import CausalLMLoss
 
 DATASHEET_TFLOPS = {"H100": 989.0, "H200": 989.0}  # bf16 dense, SXM
 

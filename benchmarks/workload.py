@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sdft.train.data import TokenizedSet, collate
+from sdft.data.tokenize import TokenizedSet, collate
 from sdft.train.packing import collate_packed, plan_packed_step
 
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""The ``sdft`` command line.
+"""The ``sdft`` command line: parse -> load the config -> run the command.
 
     sdft run     CONFIG.yaml [key=value ...]   distill -> filter -> train -> eval -> export,
                                                skipping stages already complete with this config
@@ -11,26 +11,32 @@
     sdft config  CONFIG.yaml [key=value ...]   print the resolved config and exit
 
 Overrides use dotted keys: ``sdft run examples/tiny.yaml train.lr=2e-4 output_dir=runs/x``.
+
+Errors: an ``SdftError`` (bad config, data or stage state; the message says what to fix) prints one
+line and exits with its code (2: config, 1: the rest); ``SDFT_DEBUG=1`` adds the traceback. Any
+other exception (out of memory, a library bug) prints its traceback and a hint, and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+import traceback
 
 import yaml
 
+# Which stages each command runs, in order (names of ``sdft.pipeline.SDFT_STAGES``); compare and
+# config run no stage table of their own.
 COMMANDS = {
-    "run": ["distill", "filter", "train", "eval", "export"],
-    "distill": ["distill", "filter"],
-    "filter": ["filter"],
-    "train": ["train"],
-    "eval": ["eval"],
-    "export": ["export"],
-    "compare": [],  # sdft.compare runs both arms' stages itself
-    "config": [],
+    "run": ("distill", "filter", "train", "eval", "export"),
+    "distill": ("distill", "filter"),
+    "filter": ("filter",),
+    "train": ("train",),
+    "eval": ("eval",),
+    "export": ("export",),
+    "compare": (),
+    "config": (),
 }
 
 
@@ -50,54 +56,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sdft.config import ConfigError, config_to_dict, load_config
-    from sdft.utils.runinfo import setup_logging, write_run_record
+    from sdft.errors import SdftError
+    from sdft.run_record import setup_logging
 
     setup_logging()
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"sdft: config error: {e}", file=sys.stderr)
-        return 2
+        return run_command(args)
+    except SdftError as e:
+        if os.environ.get("SDFT_DEBUG"):
+            traceback.print_exc()
+        print(f"sdft: {e.kind} error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception:
+        traceback.print_exc()
+        print("sdft: unexpected error (the traceback above): not a config or data problem sdft knows how to "
+              "explain. Out of memory, a broken install or a bug are the usual causes; the run's config and "
+              "package versions are in <output_dir>/run_info/.", file=sys.stderr)
+        return 1
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Load the config, refuse what cannot work, record the run, then run the command's stages."""
+    from sdft.config import config_to_dict, load_config
+
+    cfg = load_config(args.config, args.overrides)
     resolved = config_to_dict(cfg)
     if args.command == "config":
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
 
-    from pathlib import Path
-
-    from sdft.data.records import DataError
-    from sdft.pipeline import StageError, Stages
-    from sdft.templates.prompts import TemplateError
-
+    from sdft.context import RunContext
+    from sdft.distributed import runtime
     from sdft.models.loading import pick_device
     from sdft.models.quantized import preflight
+    from sdft.run_record import write_run_record
 
-    try:
-        preflight(cfg, pick_device(cfg.device))
-    except (ConfigError, RuntimeError) as e:
-        print(f"sdft: config error: {e}", file=sys.stderr)
-        return 2
-    write_run_record(Path(cfg.output_dir), args.command, resolved)
-    stages = Stages(cfg, force=args.force)
-    from sdft.distributed import runtime
+    preflight(cfg, pick_device(cfg.device))
+    ctx = RunContext(cfg)
+    write_run_record(ctx.layout, args.command, resolved)
+    if args.command == "compare":
+        from sdft.compare.compare import run_compare
 
-    try:
-        if args.command == "compare":
-            from sdft.compare import compare
+        run_compare(ctx, force=args.force)
+    else:
+        from sdft.pipeline import Pipeline
 
-            compare(cfg, force=args.force)
-        for stage in COMMANDS[args.command]:
-            stages.run(stage)
-            stages.force = False  # --force clears the first stage and all after it; the rest then run fresh
-        runtime.teardown()
-    except (DataError, StageError, TemplateError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
-        # User-facing failures (bad data, mismatched outputs, missing stages) print one clear line;
-        # SDFT_DEBUG=1 shows the traceback.
-        if os.environ.get("SDFT_DEBUG"):
-            raise
-        logging.getLogger("sdft").error("%s: %s", type(e).__name__, e)
-        return 1
+        Pipeline(ctx).run(COMMANDS[args.command], force=args.force)
+    runtime.teardown()
     return 0
 
 

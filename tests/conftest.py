@@ -38,6 +38,13 @@ def tiny_tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
+def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml")) -> dict[str, tuple[int, int]]:
+    """``{relative path: (mtime_ns, size)}`` of every file under ``root`` except the ``ignore``d top-level
+    names: compare two snapshots to prove a rerun rewrote nothing."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")
+            if p.is_file() and p.relative_to(root).parts[0] not in ignore}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -66,11 +73,11 @@ def tiny_config(tmp_path, tiny_model_dir):
             "model": {"path": str(tiny_model_dir)},
             "data": {"train": "train.jsonl", "test": "test.jsonl", "general_prompts": "general.jsonl",
                      "instruction_field": "question", "output_field": "answer"},
-            "distill": {"template": "math", "batch_size": 3, "max_new_tokens": 8},
+            "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 8}},
             "filter": {"gates": ["ban_list", "math"]},
             "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "lr": 1e-3,
                       "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512},
-            "eval": {"max_new_tokens": 8, "batch_size": 4, "retention_max_new_tokens": 8},
+            "eval": {"sampling": {"max_new_tokens": 8}, "batch_size": 4, "retention_max_new_tokens": 8},
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values) if isinstance(values, dict) else cfg.__setitem__(name, values)

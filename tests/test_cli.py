@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLES, REPO, run_cli
+from tests.conftest import EXAMPLES, REPO, run_cli, snapshot
 
 
 @pytest.mark.slow
@@ -29,9 +29,10 @@ def test_tiny_example_runs_every_stage_then_skips_them(tmp_path):
     assert record["versions"]["torch"] and record["config"]["output_dir"] == str(out)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["template"] == "math"
 
+    before = snapshot(out)
     again = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already complete") == 5
+    assert snapshot(out) == before  # every stage was skipped: no output file was rewritten
 
     changed = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", "train.lr=5e-4", env=env)
     assert changed.returncode == 1
@@ -67,3 +68,31 @@ def test_config_command_prints_the_resolved_config():
     cfg = yaml.safe_load(res.stdout)
     assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["path"] == "builtin:smollm2-135m-instruct"
     assert cfg["data"]["train"] == str(REPO / "examples" / "data" / "math_train.jsonl")
+
+
+def test_known_errors_print_one_line_and_others_their_traceback(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """An SdftError says what to fix in one line; anything else (say, out of memory) keeps its traceback."""
+    from sdft import cli
+    from sdft.errors import StageError
+    from sdft.pipeline import Pipeline
+
+    args = ["train", str(EXAMPLES / "tiny.yaml"), f"output_dir={tmp_path / 'o'}", f"model.path={tiny_model_dir}"]
+
+    def stage_error(self, names, force=False):
+        raise StageError("stage filter has not completed")
+
+    monkeypatch.setattr(Pipeline, "run", stage_error)
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "sdft: stage error: stage filter has not completed" in err and "Traceback" not in err
+    monkeypatch.setenv("SDFT_DEBUG", "1")
+    assert cli.main(args) == 1 and "Traceback" in capsys.readouterr().err
+    monkeypatch.delenv("SDFT_DEBUG")
+
+    def out_of_memory(self, names, force=False):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Pipeline, "run", out_of_memory)
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: CUDA out of memory" in err and "sdft: unexpected error" in err

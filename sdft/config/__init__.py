@@ -1,8 +1,8 @@
-"""Typed run configuration: dataclasses (``schema``) and YAML/CLI loading (``loader``)."""
+"""Typed run configuration: dataclasses (``schema``), YAML/CLI loading (``loader``), checks (``validate``)."""
 
 from sdft.config.loader import config_to_dict, load_config
-from sdft.config.schema import (ConfigError, DataConfig, DistillConfig, EvalConfig, ExportConfig,
-                                FilterConfig, ModelConfig, RunConfig, TrainConfig)
+from sdft.config.schema import (DataConfig, DistillConfig, EvalConfig, ExportConfig, FilterConfig, ModelConfig,
+                                QuantizationConfig, RunConfig, SamplingConfig, TrainConfig)
 
-__all__ = ["load_config", "config_to_dict", "ConfigError", "RunConfig", "ModelConfig", "DataConfig",
-           "DistillConfig", "FilterConfig", "TrainConfig", "EvalConfig", "ExportConfig"]
+__all__ = ["load_config", "config_to_dict", "RunConfig", "ModelConfig", "DataConfig", "SamplingConfig",
+           "DistillConfig", "FilterConfig", "TrainConfig", "QuantizationConfig", "EvalConfig", "ExportConfig"]

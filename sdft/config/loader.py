@@ -1,8 +1,10 @@
-"""Map a YAML file plus ``key=value`` overrides onto ``RunConfig``.
+"""Map a YAML file plus ``key=value`` overrides onto ``RunConfig``, then validate it.
 
-Unknown keys and values of the wrong type are refused with a message that names the key (and the
-file), before any work starts. Relative data paths in a YAML file are taken relative to that file,
-so a config can be run from any working directory.
+Unknown keys, values of the wrong type and unknown choices (template names and every other
+``Literal`` field) are refused with a message that names the key (and the file), before any work
+starts; a key that moved to another section says where it went. Relative data paths in a YAML file
+are taken relative to that file, so a config can be run from any working directory. Gate and
+evaluator names and cross-field rules are checked by ``sdft.config.validate``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from sdft.config.schema import ConfigError, RunConfig
+from sdft.config.schema import RunConfig
+from sdft.config.validate import validate
+from sdft.errors import ConfigError
 
 # Fields that hold file paths: resolved against the YAML file's folder when relative.
 _PATH_FIELDS = {("data", "train"), ("data", "test"), ("data", "general_prompts")}
+# Keys that moved, so that an older config gets told where its key went.
+MOVED = {
+    **{f"{section}.{key}": f"{section}.sampling.{key}" for section in ("distill", "eval")
+       for key in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")},
+    "train.qlora_quant_type": "quantization.quant_type",
+    "train.qlora_double_quant": "quantization.double_quant",
+    "train.qlora_compute_dtype": "quantization.compute_dtype",
+}
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -52,8 +64,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
     where = f" in {path}" if path is not None else ""
-    cfg = _build(RunConfig, raw, prefix="", where=where)
-    return cfg.validate()
+    return validate(_build(RunConfig(), raw, prefix="", where=where))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -69,24 +80,31 @@ def _resolve_paths(raw: dict, base: Path) -> None:
             sec[key] = str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str):
+def _build(default: Any, raw: Any, prefix: str, where: str):
+    """``default`` (a dataclass instance) with the values of ``raw`` put in. Nested sections start
+    from their parent's default, so that e.g. ``eval.sampling`` keeps eval's greedy default when a
+    YAML file sets only its length."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}{where}: expected a mapping, got {raw!r}")
+    cls = type(default)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown option {prefix}{unknown[0]}{where}; valid options here: "
+        key = prefix + unknown[0]
+        if key in MOVED:
+            raise ConfigError(f"option {key}{where} has moved to {MOVED[key]}")
+        raise ConfigError(f"unknown option {key}{where}; valid options here: "
                           f"{', '.join(prefix + n for n in fields)}")
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key + ".", where)
+            kwargs[name] = _build(getattr(default, name), value, key + ".", where)
         else:
             kwargs[name] = _coerce(value, hint, key, where)
-    return cls(**kwargs)
+    return dataclasses.replace(default, **kwargs)
 
 
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:

@@ -13,10 +13,6 @@ import inspect
 
 from sdft.config import schema
 
-SECTIONS = [("", schema.RunConfig), ("model", schema.ModelConfig), ("data", schema.DataConfig),
-            ("distill", schema.DistillConfig), ("filter", schema.FilterConfig), ("train", schema.TrainConfig),
-            ("eval", schema.EvalConfig), ("export", schema.ExportConfig)]
-
 
 def field_docs(cls: type) -> dict[str, str]:
     """The string literal under each field of a dataclass, joined to one line."""
@@ -29,26 +25,35 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    else:
-        value = f.default_factory()
-    return "`" + repr(value).replace("|", "\\|") + "`"
+def sections(obj, name: str = "", doc: str = "") -> list[tuple[str, object, str]]:
+    """``(dotted name, default instance, description)`` of the config and of every section in it,
+    depth first. A section's defaults are its parent's (``eval.sampling`` is greedy, distill's is not)."""
+    out = [(name, obj, doc or " ".join((type(obj).__doc__ or "").split()))]
+    docs = field_docs(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            own = " ".join((type(value).__doc__ or "").split())
+            out += sections(value, f"{name}.{f.name}" if name else f.name, " ".join(filter(None, [own, docs.get(f.name)])))
+    return out
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def render() -> str:
     lines = []
-    for name, cls in SECTIONS:
-        docs = field_docs(cls)
-        lines += [f"**{name or 'top level'}**" + (f" ({' '.join((cls.__doc__ or '').split())})" if name else ""), "",
+    for name, section, doc in sections(schema.RunConfig()):
+        docs = field_docs(type(section))
+        lines += [f"**{name or 'top level'}**" + (f" ({doc})" if name else ""), "",
                   "| option | default | meaning |", "|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            if not name and f.name in {s for s, _ in SECTIONS}:  # a section, listed on its own
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if dataclasses.is_dataclass(value):  # a section, listed on its own
                 continue
             key = f"{name}.{f.name}" if name else f.name
-            doc = docs.get(f.name, "").replace("|", "\\|")
-            lines.append(f"| `{key}` | {_default(f)} | {doc} |")
+            lines.append(f"| `{key}` | `{_cell(repr(value))}` | {_cell(docs.get(f.name, ''))} |")
         lines.append("")
     return "\n".join(lines)
 

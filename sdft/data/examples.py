@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sdft.config.schema import DataConfig
-from sdft.data.records import DataError, read_records
+from sdft.data.records import read_records
+from sdft.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,3 @@ def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
     if not examples:
         raise DataError(f"{path}: no usable examples (empty file, or every record was bad)")
     return examples, report
-
-
-def write_examples_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Write rows as JSONL atomically."""
-    from sdft.utils.io import atomic_write_text
-
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line or field and what to do."""
+from sdft.errors import DataError
 
 
 @dataclass

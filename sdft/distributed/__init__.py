@@ -1,0 +1,1 @@
+"""Several ranks: process groups (``runtime``) and DeepSpeed configs (``deepspeed``)."""

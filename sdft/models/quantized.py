@@ -1,5 +1,6 @@
-"""4-bit (bitsandbytes) models for QLoRA: the quantization config, a backend check, and the
-dequantized base that export merges the adapter into.
+"""4-bit (bitsandbytes) models, from the ``quantization`` settings: loading the seed quantized at
+load (QLoRA training, its evaluation, ``distill.quantized``), a backend check, the preflight refusals,
+and the dequantized base that export merges the adapter into.
 
 bitsandbytes quantizes every ``nn.Linear`` but the output head at load (``Linear4bit``: packed 4-bit
 weights plus per-block scales). Two facts shape this module:
@@ -14,41 +15,56 @@ weights plus per-block scales). Two facts shape this module:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
-from sdft.config.schema import ConfigError, TrainConfig
+from sdft.config.schema import QuantizationConfig, RunConfig
+from sdft.errors import ConfigError
+from sdft.models.loading import DTYPES, load_model
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_WHO = "4-bit weights (train.method=qlora or distill.quantized)"
 
 
-def bnb_config(t: TrainConfig, storage_dtype: torch.dtype = torch.uint8):
-    """The ``BitsAndBytesConfig`` of ``train.qlora_*``. ``storage_dtype``: dtype the packed weights
-    are stored in (the load dtype under ZeRO-3, else uint8)."""
+def bnb_config(q: QuantizationConfig, storage_dtype: torch.dtype = torch.uint8):
+    """The ``BitsAndBytesConfig`` of the ``quantization`` section. ``storage_dtype``: dtype the packed
+    weights are stored in (the load dtype under ZeRO-3, else uint8)."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=t.qlora_quant_type,
-                              bnb_4bit_use_double_quant=t.qlora_double_quant,
-                              bnb_4bit_compute_dtype=DTYPES[t.qlora_compute_dtype],
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
                               bnb_4bit_quant_storage=storage_dtype)
 
 
-def check_backend(device: torch.device, t: TrainConfig) -> None:
+def check_backend(device: torch.device, q: QuantizationConfig) -> None:
     """Fail before any work when bitsandbytes cannot quantize on ``device`` (missing package, or a
     build without a backend for this device)."""
     try:
         import bitsandbytes.functional as F
     except ImportError as e:
-        raise ConfigError("train.method=qlora needs bitsandbytes: pip install bitsandbytes") from e
+        raise ConfigError(f"{_WHO} need bitsandbytes: pip install bitsandbytes") from e
     try:
-        w = torch.randn(64, 64, device=device, dtype=DTYPES[t.qlora_compute_dtype])
-        packed, state = F.quantize_4bit(w, quant_type=t.qlora_quant_type, compress_statistics=t.qlora_double_quant)
+        w = torch.randn(64, 64, device=device, dtype=DTYPES[q.compute_dtype])
+        packed, state = F.quantize_4bit(w, quant_type=q.quant_type, compress_statistics=q.double_quant)
         err = (F.dequantize_4bit(packed, state) - w).abs().mean().item()
     except Exception as e:  # bitsandbytes raises RuntimeError/NotImplementedError/... per backend
-        raise ConfigError(f"train.method=qlora: this bitsandbytes build cannot quantize on {device} "
+        raise ConfigError(f"{_WHO}: this bitsandbytes build cannot quantize on {device} "
                           f"({type(e).__name__}: {e}); install a bitsandbytes with a {device.type} backend") from e
     if not err < 0.5:
-        raise ConfigError(f"train.method=qlora: bitsandbytes 4-bit round trip on {device} is broken "
+        raise ConfigError(f"{_WHO}: bitsandbytes 4-bit round trip on {device} is broken "
                           f"(mean error {err:.3g}); check the bitsandbytes install")
+
+
+def load_4bit(cfg: RunConfig, device: torch.device, adapter: str | Path | None = None, zero3: bool = False):
+    """The seed quantized to 4 bits with the ``quantization`` settings, optionally with a LoRA adapter
+    on top. ``zero3``: store the packed weights in ``model.dtype`` so ZeRO-3 can partition them with the
+    rest of the model."""
+    check_backend(device, cfg.quantization)
+    storage = DTYPES[cfg.model.dtype] if zero3 else torch.uint8
+    return load_model(cfg.model.path, cfg.model.dtype, device, adapter=adapter,
+                      quantization=bnb_config(cfg.quantization, storage), zero3=zero3)
 
 
 @torch.no_grad()
@@ -73,12 +89,9 @@ def dequantize_into(full_model, quantized_model) -> int:
     return n
 
 
-def preflight(cfg, device: torch.device) -> None:
+def preflight(cfg: RunConfig, device: torch.device) -> None:
     """Refuse, before any stage runs, what cannot work: a quantized checkpoint as the seed (sdft
     quantizes at load), or 4-bit work on a device bitsandbytes cannot serve."""
-    import json
-    from pathlib import Path
-
     config = Path(cfg.model.path) / "config.json"
     if config.is_file():
         quant = json.loads(config.read_text()).get("quantization_config")
@@ -88,4 +101,4 @@ def preflight(cfg, device: torch.device) -> None:
                               "its weights cannot be fine-tuned or merged. Point model.path at the full-precision "
                               "model; train.method=qlora quantizes it to 4 bits at load")
     if cfg.train.method == "qlora" or cfg.distill.quantized:
-        check_backend(device, cfg.train)
+        check_backend(device, cfg.quantization)

@@ -1,7 +1,7 @@
 """Prompt templates for distillation, training and evaluation."""
 
-from sdft.templates.prompts import (DISTILL_TEMPLATE_NAMES, TEXT_TEMPLATES, TemplateError, encode_example,
+from sdft.templates.prompts import (DISTILL_TEMPLATE_NAMES, TASK_TEMPLATE_NAMES, TEXT_TEMPLATES, encode_example,
                                     encode_prompt, prompt_text)
 
-__all__ = ["DISTILL_TEMPLATE_NAMES", "TEXT_TEMPLATES", "TemplateError", "encode_example", "encode_prompt",
+__all__ = ["DISTILL_TEMPLATE_NAMES", "TASK_TEMPLATE_NAMES", "TEXT_TEMPLATES", "encode_example", "encode_prompt",
            "prompt_text"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdft.errors import ConfigError
+
 USING_SYSTEM = ("Below are an instruction that describes a task along with a reference answer. "
                 "Using the reference answer as a guide, write your own response.")
 REFER_SYSTEM = ("Below are an instruction that describes a task along with a reference answer. "
@@ -56,10 +58,8 @@ TEXT_TEMPLATES = {
 }
 # distill.template names -> template; "math" means the paper's gsm8k_distill when distilling.
 DISTILL_TEMPLATE_NAMES = {"using": "using", "refer": "refer", "math": "math_distill", "chat": "chat"}
-
-
-class TemplateError(ValueError):
-    pass
+# train.template / eval.template names (text templates without the reference, and the chat route).
+TASK_TEMPLATE_NAMES = ("alpaca", "math", "math_infer", "chat")
 
 
 def _bos_prefix(tok) -> list[int]:
@@ -87,7 +87,7 @@ def _chat_messages(instruction: str, system: str, user_text: str | None = None) 
 
 def _check_chat(tok) -> None:
     if not getattr(tok, "chat_template", None):
-        raise TemplateError("template 'chat' needs a tokenizer with a chat template; this tokenizer has "
+        raise ConfigError("template 'chat' needs a tokenizer with a chat template; this tokenizer has "
                             "none: use a text template (alpaca, math, using, refer)")
 
 
@@ -95,9 +95,9 @@ def prompt_text(template: str, instruction: str, reference: str | None = None) -
     """The prompt string of a text template (no BOS)."""
     t = TEXT_TEMPLATES.get(template)
     if t is None:
-        raise TemplateError(f"unknown template {template!r}; choose one of {sorted(TEXT_TEMPLATES) + ['chat']}")
+        raise ConfigError(f"unknown template {template!r}; choose one of {sorted(TEXT_TEMPLATES) + ['chat']}")
     if t.uses_reference and reference is None:
-        raise TemplateError(f"template {template!r} needs the reference answer")
+        raise ConfigError(f"template {template!r} needs the reference answer")
     return t.body.format(system=t.system, instruction=instruction, reference=reference or "")
 
 
@@ -129,7 +129,7 @@ def encode_example(tok, template: str, instruction: str, response: str, system: 
         msgs = _chat_messages(instruction, system) + [{"role": "assistant", "content": response}]
         full = _encode(tok, tok.apply_chat_template(msgs, tokenize=False))
         if full[:len(prompt)] != prompt:
-            raise TemplateError("the tokenizer's chat template does not render the generation prompt as a "
+            raise ConfigError("the tokenizer's chat template does not render the generation prompt as a "
                                 "prefix of the full conversation; use a text template for this model")
         answer = full[len(prompt):]
     else:

@@ -1,35 +1,83 @@
-"""Where the optimizer step happens: plain PyTorch on one process, or a DeepSpeed ZeRO engine.
+"""Where forward, backward and the optimizer step happen: plain PyTorch on one process, or a DeepSpeed
+ZeRO engine on one or many ranks. The recipe's step reads the same either way (``Backend``).
 
-Both take a ``CausalLMLoss`` (``sdft.train.loss``: the model wrapped with its loss) and expose the
-same small surface to the recipe, so the training loop reads the same either way: ``module`` (call
-it for a micro-batch's summed loss), ``backward(loss)`` per micro-batch, ``step() -> grad norm`` once per
-optimizer step, ``save(dir)`` / ``load(dir)`` for resumable checkpoints, and ``trainable_state()``,
-which returns full (gathered) tensors on rank 0 for the final save, named as in the wrapped model.
+A backend runs the objective's loss module (``forward(micro-batch) -> summed loss``) and owns the two
+rules that differ between the two: how a summed loss becomes gradients of the step's mean (DeepSpeed
+averages gradients over ranks, so its loss is scaled by the world size), and what a rank does at a
+micro-step where it has no examples (one process skips it; a DeepSpeed rank runs a fully masked
+stand-in, because every rank must join every micro-step's collectives).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
 from sdft.distributed import runtime
+from sdft.distributed.deepspeed import zero_stage
+from sdft.errors import StageError
+from sdft.layout import CheckpointFiles
 from sdft.train.checkpoint import rng_state, set_rng_state, trainable_state
+
+Batch = dict[str, torch.Tensor]
+
+
+class Backend(Protocol):
+    """What the training recipe calls, per micro-batch and per optimizer step."""
+
+    stage: int | None
+    """The ZeRO stage, or None without DeepSpeed."""
+
+    def micro_batches(self, batches: list[Batch | None], stand_in: Callable[[], Batch]) -> Iterator[Batch]:
+        """The micro-batches this rank runs at this step: ``batches`` with the empty ones (None) skipped
+        or replaced by ``stand_in()``."""
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The summed loss of one micro-batch (scalar)."""
+
+    def backward(self, loss_sum: torch.Tensor, n_tokens: int) -> None:
+        """Accumulate the gradient of ``loss_sum / n_tokens``, ``n_tokens`` counted over the whole step on
+        every rank, so the step's update is the mean over its tokens at any world size."""
+
+    def step(self) -> float:
+        """Clip, step the optimizer and the schedule, zero the gradients; returns the gradient norm."""
+
+    def lr(self) -> float: ...
+
+    def save(self, ckpt: CheckpointFiles) -> None:
+        """Write this rank's part of a resumable checkpoint (weights, optimizer, scheduler, RNG)."""
+
+    def load(self, ckpt: CheckpointFiles) -> None: ...
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Full trainable tensors on rank 0 (empty elsewhere), named as in the model; a collective."""
 
 
 class LocalBackend:
-    """One process: torch AdamW, clipping, a torch LR scheduler."""
+    """One process: torch (or bitsandbytes) AdamW, clipping, a torch LR scheduler, bf16 autocast."""
 
-    needs_stand_ins = False  # no collectives: a micro-batch with no examples is simply skipped
+    stage = None
 
-    def __init__(self, loss_module, optimizer, scheduler, max_grad_norm: float):
-        self.module, self.optimizer, self.scheduler = loss_module, optimizer, scheduler
-        self.model = loss_module.model
+    def __init__(self, module: torch.nn.Module, optimizer, scheduler, max_grad_norm: float, bf16: bool,
+                 device: torch.device):
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.model = module.model
         self.max_grad_norm = max_grad_norm
-        self.params = [p for p in loss_module.parameters() if p.requires_grad]
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    def micro_batches(self, batches: list[Batch | None], stand_in: Callable[[], Batch]) -> Iterator[Batch]:
+        return (b for b in batches if b is not None)  # no collectives: nothing to join
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        with self.autocast():
+            return self.module(**batch)
+
+    def backward(self, loss_sum: torch.Tensor, n_tokens: int) -> None:
+        (loss_sum / max(n_tokens, 1)).backward()
 
     def step(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
@@ -41,26 +89,26 @@ class LocalBackend:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def save(self, path: Path) -> None:
+    def save(self, ckpt: CheckpointFiles) -> None:
         from safetensors.torch import save_file
 
-        save_file(trainable_state(self.model), str(path / "trainable.safetensors"))
+        save_file(trainable_state(self.model), str(ckpt.trainable))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "rng": rng_state()}, path / "training_state.pt")
+                    "rng": rng_state()}, ckpt.optimizer)
 
-    def load(self, path: Path) -> None:
+    def load(self, ckpt: CheckpointFiles) -> None:
         from safetensors.torch import load_file
 
-        weights = load_file(str(path / "trainable.safetensors"))
+        weights = load_file(str(ckpt.trainable))
         params = dict(self.model.named_parameters())
         mismatch = set(weights) ^ {n for n, p in params.items() if p.requires_grad}
         if mismatch:
-            raise RuntimeError(f"{path}: checkpoint does not match the model's trainable parameters (e.g. "
-                               f"{sorted(mismatch)[0]}); was it written with another train.method or LoRA config?")
+            raise StageError(f"{ckpt.root}: checkpoint does not match the model's trainable parameters (e.g. "
+                             f"{sorted(mismatch)[0]}); was it written with another train.method or LoRA config?")
         with torch.no_grad():
             for n, t in weights.items():
                 params[n].copy_(t)
-        blob = torch.load(path / "training_state.pt", weights_only=False)
+        blob = torch.load(ckpt.optimizer, weights_only=False)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"])
@@ -70,24 +118,26 @@ class LocalBackend:
 
 
 class DeepSpeedBackend:
-    """A DeepSpeed engine (ZeRO 0-3, offload, bf16). The engine clips, steps and averages gradients
-    over data-parallel ranks; ``backward`` is given the loss already normalised for that average."""
+    """A DeepSpeed engine (ZeRO 0-3, offload, bf16 from its config). The engine clips, steps and
+    averages gradients over data-parallel ranks at the accumulation boundary."""
 
-    TAG = "ds"
-    needs_stand_ins = True  # every rank must run every micro-step's collectives
-
-    def __init__(self, loss_module, optimizer, scheduler, ds_config: dict):
+    def __init__(self, module: torch.nn.Module, optimizer, scheduler, ds_config: dict):
         import deepspeed
 
-        self.engine, _, _, _ = deepspeed.initialize(model=loss_module, optimizer=optimizer, lr_scheduler=scheduler,
+        self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config)
-        self.module = self.engine
-        self.scheduler = scheduler
-        self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        self.stage = zero_stage(ds_config)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        # The recipe already divided by the step's token count, so no extra 1/accum scaling.
-        self.engine.backward(loss, scale_wrt_gas=False)
+    def micro_batches(self, batches: list[Batch | None], stand_in: Callable[[], Batch]) -> Iterator[Batch]:
+        return (b if b is not None else stand_in() for b in batches)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.engine(**batch)
+
+    def backward(self, loss_sum: torch.Tensor, n_tokens: int) -> None:
+        # The engine averages gradients over ranks, hence x world: the update is sum(loss) / n_tokens.
+        # The loss is already normalised for the whole step, so no extra 1/accum scaling.
+        self.engine.backward(loss_sum * runtime.world_size() / max(n_tokens, 1), scale_wrt_gas=False)
         self.engine.step()  # counts micro-steps; clips, steps and schedules at the accumulation boundary
 
     def step(self) -> float:
@@ -97,23 +147,23 @@ class DeepSpeedBackend:
     def lr(self) -> float:
         return self.engine.get_lr()[0]
 
-    def save(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path), tag=self.TAG)
-        torch.save(rng_state(), path / f"rng_rank{runtime.rank()}.pt")
+    def save(self, ckpt: CheckpointFiles) -> None:
+        self.engine.save_checkpoint(str(ckpt.root), tag=ckpt.DEEPSPEED_TAG)
+        torch.save(rng_state(), ckpt.rng(runtime.rank()))
 
-    def load(self, path: Path) -> None:
-        rng_file = path / f"rng_rank{runtime.rank()}.pt"
+    def load(self, ckpt: CheckpointFiles) -> None:
+        rng_file = ckpt.rng(runtime.rank())
         if not rng_file.exists():
-            raise RuntimeError(f"{path}: no RNG state for rank {runtime.rank()}; resume with the world size "
-                               "the checkpoint was written with")
-        load_path, _ = self.engine.load_checkpoint(str(path), tag=self.TAG)
+            raise StageError(f"{ckpt.root}: no RNG state for rank {runtime.rank()}; resume with the world size "
+                             "the checkpoint was written with")
+        load_path, _ = self.engine.load_checkpoint(str(ckpt.root), tag=ckpt.DEEPSPEED_TAG)
         if load_path is None:
-            raise RuntimeError(f"{path}: DeepSpeed could not load the checkpoint")
+            raise StageError(f"{ckpt.root}: DeepSpeed could not load the checkpoint")
         set_rng_state(torch.load(rng_file, weights_only=False))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Full trainable tensors on rank 0 (empty dict elsewhere). Under ZeRO-3 each parameter is
-        gathered in turn, so peak extra memory is one parameter, and every rank joins every gather."""
+        """Under ZeRO-3 each parameter is gathered in turn, so peak extra memory is one parameter, and
+        every rank joins every gather."""
         import deepspeed
 
         out = {}
@@ -122,8 +172,16 @@ class DeepSpeedBackend:
                 continue
             if self.stage == 3:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    if runtime.rank() == 0:
+                    if runtime.is_main():
                         out[name] = p.detach().cpu().clone()
-            elif runtime.rank() == 0:
+            elif runtime.is_main():
                 out[name] = p.detach().cpu().clone()
         return out
+
+
+def build_backend(module: torch.nn.Module, optimizer, scheduler, ds_config: dict | None, max_grad_norm: float,
+                  bf16: bool, device: torch.device) -> Backend:
+    """DeepSpeed when there is a DeepSpeed config, else plain PyTorch."""
+    if ds_config is None:
+        return LocalBackend(module, optimizer, scheduler, max_grad_norm, bf16, device)
+    return DeepSpeedBackend(module, optimizer, scheduler, ds_config)

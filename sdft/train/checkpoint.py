@@ -1,26 +1,32 @@
-"""Resumable training checkpoints, written atomically.
+"""Resumable training checkpoints, written atomically, and resuming from the newest one.
 
 A checkpoint folder ``checkpoints/step-000123`` holds what the backend saves (one process: the
 trainable weights as safetensors, optimizer and scheduler states; DeepSpeed: its sharded
-checkpoint), every rank's RNG state, and ``state.json``. It is written to a hidden
-temporary folder and renamed into place, so a kill never leaves a half checkpoint that looks whole.
-Resuming restores all of it, and the data position follows from the step (see ``recipe``), so the
-resumed run takes exactly the steps an unbroken run would.
+checkpoint), every rank's RNG state, and ``state.json``. It is written to a hidden temporary folder
+and renamed into place, so a kill never leaves a half checkpoint that looks whole. Resuming restores
+all of it, and the data position follows from the step (``batching``), so the resumed run takes
+exactly the steps an unbroken run would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from sdft.config.schema import RunConfig
+from sdft.data.tokenize import TokenizedSet
 from sdft.distributed import runtime
+from sdft.errors import StageError
+from sdft.layout import CheckpointFiles, RunLayout
 from sdft.utils.io import atomic_publish_dir
 
-STATE = "state.json"
+log = logging.getLogger(__name__)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -42,31 +48,50 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, backend, meta: dict, keep: int) -> Path:
-    """Write ``ckpt_root/step-<step>`` atomically; keep only the newest ``keep`` checkpoints.
+def fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
+    """What a checkpoint must agree on to be resumed: model, training recipe and the exact data."""
+    blob = json.dumps({**cfg.training_recipe(), "ids": data.ids,
+                       "tokens": [sum(map(len, data.input_ids)), sum(sum(1 for t in lab if t != -100) for lab in data.labels)]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int) -> None:
+    """Write ``checkpoints/step-<step>`` atomically; keep only the newest ``keep`` checkpoints.
 
     Collective under several ranks: every rank writes its shard into the same temporary folder
     (a shared file system, as DeepSpeed assumes); rank 0 publishes it after a barrier.
     """
-    final = ckpt_root / f"step-{step:06d}"
-    tmp = ckpt_root / f".tmp-step-{step:06d}"
-    if runtime.rank() == 0:
+    final, tmp = layout.checkpoint(step), layout.checkpoint_tmp(step)
+    if runtime.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     runtime.barrier()
-    backend.save(tmp)
+    backend.save(CheckpointFiles(tmp))
     runtime.barrier()
-    if runtime.rank() == 0:
-        (tmp / STATE).write_text(json.dumps({"step": step, "world_size": runtime.world_size(), **meta}, indent=2))
-        atomic_publish_dir(tmp, final)
-        for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    if runtime.is_main():
+        state = {"step": step, "world_size": runtime.world_size(), **meta}
+        (tmp / final.state.name).write_text(json.dumps(state, indent=2))
+        atomic_publish_dir(tmp, final.root)
+        for old in layout.complete_checkpoints()[:-keep] if keep > 0 else []:
+            shutil.rmtree(old.root, ignore_errors=True)
     runtime.barrier()
-    return final
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (hidden temporary folders are ignored)."""
-    if not ckpt_root.exists():
-        return []
-    return sorted(p for p in ckpt_root.glob("step-*") if (p / STATE).exists())
+def resume(layout: RunLayout, expected_fingerprint: str, backend, total_steps: int) -> int:
+    """Load the newest checkpoint into ``backend`` and return its step (0 when there is none). A
+    checkpoint of another model, recipe, data or world size is refused, never half-used."""
+    ckpts = layout.complete_checkpoints()
+    if not ckpts:
+        return 0
+    ckpt = ckpts[-1]
+    state = json.loads(ckpt.state.read_text())
+    if state.get("fingerprint") != expected_fingerprint:
+        raise StageError(f"{ckpt.root}: checkpoint was made with another model, train config or data; "
+                         f"delete {layout.checkpoints} or use another output_dir")
+    if state.get("world_size", 1) != runtime.world_size():
+        raise StageError(f"{ckpt.root}: written by {state.get('world_size', 1)} rank(s), now "
+                         f"{runtime.world_size()}; resume with the same world size")
+    backend.load(ckpt)
+    log.info("train: resuming from %s (step %d of %d)", ckpt.root.name, state["step"], total_steps)
+    return state["step"]

@@ -1,0 +1,1 @@
+"""Crash-safe file writing (``io``) and fault injection for crash tests (``faults``)."""

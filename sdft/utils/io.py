@@ -2,7 +2,7 @@
 
 A SIGKILL can land anywhere; these helpers guarantee a reader sees either the old or the new file
 (atomic writes), and at most one torn last line in an append-only JSONL file, which
-``read_jsonl_tolerant`` drops and ``repair_jsonl_tail`` truncates away.
+``repair_jsonl_tail`` truncates away before the file is read again.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from sdft.errors import DataError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,6 +39,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` as a whole JSONL file, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def atomic_publish_dir(tmp_dir: Path, final_dir: Path) -> None:
@@ -89,7 +96,7 @@ def repair_jsonl_tail(path: Path) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file written by this package; a bad line is an error naming the line."""
+    """Read a JSONL file written by this package; a bad line is a ``DataError`` naming the line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -97,5 +104,5 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
     return rows

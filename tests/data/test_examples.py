@@ -4,7 +4,8 @@ import json
 import pytest
 
 from sdft.config.schema import DataConfig
-from sdft.data import DataError, content_id, load_examples
+from sdft.data import content_id, load_examples
+from sdft.errors import DataError
 
 ALPACA = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
           {"instruction": "Say hi.", "input": "", "output": "Hi!"}]

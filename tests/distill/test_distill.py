@@ -6,6 +6,8 @@ import torch
 from sdft.config import load_config
 from sdft.data import load_examples
 from sdft.distill.distill import distill, read_done
+from sdft.errors import StageError
+from sdft.layout import RunLayout
 from sdft.models.loading import load_model
 from tests.conftest import run_cli
 
@@ -14,44 +16,43 @@ def _setup(tiny_config, **over):
     path, out = tiny_config(**over)
     cfg = load_config(path)
     examples, _ = load_examples(cfg.data.train, cfg.data)
-    return cfg, examples, out
+    return cfg, examples, RunLayout(out)
 
 
 def test_one_record_per_example_and_generation_config_recorded(tiny_config, tiny_model_dir, tiny_tok):
-    cfg, examples, out = _setup(tiny_config)
+    cfg, examples, layout = _setup(tiny_config)
     model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
-    summary = distill(cfg, examples, out / "distill", model, tiny_tok)
-    rows = [json.loads(line) for line in (out / "distill" / "rewrites.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in rows) == sorted(e.id for e in examples)
+    summary = distill(cfg, examples, layout, model, tiny_tok)
+    rows = [json.loads(line) for line in layout.rewrites.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [e.id for e in examples]  # data-set order
     assert all(isinstance(r["rewrite"], str) for r in rows)
-    gen = json.loads((out / "distill" / "generation_config.json").read_text())
+    gen = json.loads(layout.generation_config.read_text())
     assert gen["temperature"] == 0.95 and gen["top_p"] == 0.7 and gen["template"] == "math"
     assert summary["generated"] == len(examples)
 
 
 def test_overlong_prompts_are_recorded_not_generated(tiny_config, tiny_model_dir, tiny_tok):
-    cfg, examples, out = _setup(tiny_config, distill={"cutoff_len": 290})
+    cfg, examples, layout = _setup(tiny_config, distill={"cutoff_len": 290})
     model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
-    summary = distill(cfg, examples, out / "distill", model, tiny_tok)
-    done = read_done(out / "distill")
+    summary = distill(cfg, examples, layout, model, tiny_tok)
+    done = read_done(layout)
     skipped = [r for r in done.values() if r["rewrite"] is None]
     assert skipped and summary["prompt_too_long"] == len(skipped) < len(examples)
     assert all(r["skipped"].startswith("prompt_too_long") for r in skipped)
 
 
 def test_resume_repairs_a_torn_tail_and_refuses_other_settings(tiny_config, tiny_model_dir, tiny_tok):
-    cfg, examples, out = _setup(tiny_config)
+    cfg, examples, layout = _setup(tiny_config)
     model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
-    d = out / "distill"
-    distill(cfg, examples, d, model, tiny_tok)
-    lines = (d / "rewrites.jsonl").read_text().splitlines(keepends=True)
-    (d / "rewrites.jsonl").write_text("".join(lines[:4]) + lines[4][:10])  # a kill mid-line
-    distill(cfg, examples, d, model, tiny_tok)
-    again = [json.loads(x)["id"] for x in (d / "rewrites.jsonl").read_text().splitlines()]
-    assert sorted(again) == sorted(e.id for e in examples) and len(again) == len(set(again))
-    cfg.distill.temperature = 0.5
-    with pytest.raises(RuntimeError, match="generated with other settings"):
-        distill(cfg, examples, d, model, tiny_tok)
+    distill(cfg, examples, layout, model, tiny_tok)
+    lines = layout.rewrites.read_text().splitlines(keepends=True)
+    layout.rewrites.write_text("".join(lines[:4]) + lines[4][:10])  # a kill mid-line
+    distill(cfg, examples, layout, model, tiny_tok)
+    again = [json.loads(x)["id"] for x in layout.rewrites.read_text().splitlines()]
+    assert again == [e.id for e in examples]
+    cfg.distill.sampling.temperature = 0.5
+    with pytest.raises(StageError, match="generated with other settings"):
+        distill(cfg, examples, layout, model, tiny_tok)
 
 
 @pytest.mark.slow

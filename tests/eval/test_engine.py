@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from sdft.config.schema import RunConfig
-from sdft.eval.base import EvalError, Evaluator, Metric
+from sdft.errors import EvalError
 from sdft.eval.engine import ModelSpec, build_evaluators, evaluate_models
+from sdft.eval.evaluators import Evaluator, Metric
+from sdft.layout import EvalFiles
 
 
 class Counting(Evaluator):
@@ -20,7 +22,7 @@ class Counting(Evaluator):
         self.sampled, self.calls, self.metric = sampled, [], metric
 
     def key(self, ctx):
-        return {"v": ctx.cfg.eval.max_new_tokens}
+        return {"v": ctx.cfg.eval.sampling.max_new_tokens}
 
     def run(self, model, model_name, ctx, seed):
         self.calls.append((model_name, seed))
@@ -32,10 +34,10 @@ def _run(tmp_path, monkeypatch, evaluators, **eval_values):
 
     cfg = RunConfig()
     for k, v in eval_values.items():
-        setattr(cfg.eval, k, v)
+        setattr(cfg.eval.sampling if k == "do_sample" else cfg.eval, k, v)
     monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
     models = {"seed": ModelSpec(lambda: 0, {"p": "seed"}), "tuned": ModelSpec(lambda: 100, {"p": "tuned"})}
-    return evaluate_models(cfg, None, torch.device("cpu"), 0, models, tmp_path)[0]
+    return evaluate_models(cfg, None, torch.device("cpu"), 0, models, EvalFiles(tmp_path))[0]
 
 
 def test_sampled_evaluators_run_once_per_seed_with_mean_and_spread(tmp_path, monkeypatch):
@@ -70,7 +72,7 @@ def test_results_are_cached_per_evaluator_and_redone_when_a_setting_changes(tmp_
         monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
         models = {"seed": ModelSpec(lambda: loads.append("seed") or 0, {"p": "seed"}),
                   "tuned": ModelSpec(lambda: loads.append("tuned") or 100, {"p": "tuned"})}
-        return evaluate_models(cfg, None, torch.device("cpu"), 0, models, tmp_path)[0]
+        return evaluate_models(cfg, None, torch.device("cpu"), 0, models, EvalFiles(tmp_path))[0]
 
     other = Counting(metric="other")
     other.name = "safety"

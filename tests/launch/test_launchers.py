@@ -118,5 +118,5 @@ def test_sbatch_two_node_training_completes_with_a_checkpoint(slurm_cluster, dis
                          "train.save_every=2", SDFT_NPROC_PER_NODE="1", SDFT_RDZV_PORT=str(free_port()))
     assert state == "COMPLETED", log[-3000:]
     assert (out / "train" / "checkpoints" / "step-000002" / "state.json").exists()
-    assert (out / "train" / "final" / "COMPLETE.json").exists()
+    assert (out / "train" / "final" / "training_summary.json").exists()
     assert "on 2 rank(s)" in log

@@ -3,6 +3,7 @@ import importlib.util
 import pytest
 import torch
 
+from sdft.errors import ConfigError
 from sdft.models.builtin import SMOLLM2, build_tiny_llama, resolve_model_path
 
 
@@ -16,9 +17,9 @@ def test_tiny_llama_is_deterministic_and_local(tmp_path):
 
 
 def test_unknown_builtin_and_missing_folder_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown builtin"):
+    with pytest.raises(ConfigError, match="unknown builtin"):
         resolve_model_path("builtin:gpt-9")
-    with pytest.raises(FileNotFoundError, match="never downloads from a hub"):
+    with pytest.raises(ConfigError, match="never downloads from a hub"):
         resolve_model_path(str(tmp_path / "no-such-model"))
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sdft.templates import TemplateError, encode_example, encode_prompt, prompt_text
+from sdft.errors import ConfigError
+from sdft.templates import encode_example, encode_prompt, prompt_text
 from sdft.templates.prompts import MATH_FORCED_PREFIX
 
 Q, REF = "What is 2+3?", "2 + 3 = 5.\nThe answer is 5."
@@ -30,9 +31,9 @@ def test_paper_template_strings_verbatim():
 
 
 def test_unknown_template_and_missing_reference():
-    with pytest.raises(TemplateError, match="unknown template 'gsm9k'"):
+    with pytest.raises(ConfigError, match="unknown template 'gsm9k'"):
         prompt_text("gsm9k", Q)
-    with pytest.raises(TemplateError, match="needs the reference"):
+    with pytest.raises(ConfigError, match="needs the reference"):
         prompt_text("using", Q)
 
 
@@ -89,5 +90,5 @@ def test_chat_template_required(tiny_tok):
 
     tok = build_tiny_tokenizer()
     tok.chat_template = None
-    with pytest.raises(TemplateError, match="needs a tokenizer with a chat template"):
+    with pytest.raises(ConfigError, match="needs a tokenizer with a chat template"):
         encode_prompt(tok, "chat", Q)

@@ -6,26 +6,28 @@ import json
 import pytest
 import torch
 
-from sdft.config import ConfigError, load_config
+from sdft.config import load_config
 from sdft.config.schema import RunConfig
-from sdft.export.merge import merged_qlora_model
-from sdft.models.loading import load_4bit, load_model
-from sdft.models.quantized import dequantize_into, preflight
-from sdft.train.data import collate, tokenize_rows
-from sdft.train.recipe import build_model
+from sdft.data.tokenize import collate, tokenize_rows
+from sdft.errors import ConfigError
+from sdft.export.export import merged_qlora_model
+from sdft.models.loading import load_model
+from sdft.models.quantized import dequantize_into, load_4bit, preflight
+from sdft.train.model import build_model
 from tests.conftest import math_rows, run_cli
 
 bnb = pytest.importorskip("bitsandbytes")
 CPU = torch.device("cpu")
 
 
-def _cfg(tiny_model_dir, **train) -> RunConfig:
+def _cfg(tiny_model_dir, quant_type: str = "nf4", **train) -> RunConfig:
     cfg = RunConfig()
     cfg.model.path = str(tiny_model_dir)
     cfg.train.method = "qlora"
     cfg.train.lora_targets = ["all-linear"]
     cfg.train.lora_dropout = 0.0
-    cfg.train.qlora_compute_dtype = "float32"
+    cfg.quantization.compute_dtype = "float32"
+    cfg.quantization.quant_type = quant_type
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
@@ -33,7 +35,7 @@ def _cfg(tiny_model_dir, **train) -> RunConfig:
 
 def _batch(tok, n=4):
     rows = [{"id": r["id"], "instruction": r["question"], "response": r["answer"]} for r in math_rows(n)]
-    data = tokenize_rows(rows, tok, "math", cutoff_len=512, overlength="error")
+    data = tokenize_rows(rows, tok, "math")
     return collate(data, list(range(n)), tok.pad_token_id)
 
 
@@ -43,7 +45,7 @@ def _loss(model, b):
 
 @pytest.mark.parametrize("quant_type, checkpointing", [("nf4", False), ("fp4", True)])
 def test_qlora_trains_every_adapter_and_reloads_exactly(tiny_model_dir, tiny_tok, tmp_path, quant_type, checkpointing):
-    cfg = _cfg(tiny_model_dir, qlora_quant_type=quant_type, gradient_checkpointing=checkpointing)
+    cfg = _cfg(tiny_model_dir, quant_type, gradient_checkpointing=checkpointing)
     model = build_model(cfg, CPU, None)
     linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linears) == 14 and linears[0].weight.quant_state.quant_type == quant_type  # 2 layers x 7
@@ -131,8 +133,8 @@ def test_config_defaults_for_qlora(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  method: qlora\n")
     cfg = load_config(p)
-    assert (cfg.train.qlora_quant_type, cfg.train.qlora_double_quant, cfg.train.qlora_compute_dtype) == \
-        ("nf4", True, "bfloat16")
+    q = cfg.quantization
+    assert (q.quant_type, q.double_quant, q.compute_dtype) == ("nf4", True, "bfloat16")
     with pytest.raises(ConfigError, match="lora_targets is empty"):
         load_config(p, ["train.lora_targets=[]"])
 

@@ -6,7 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from sdft.config import load_config
-from sdft.pipeline import Stages
+from sdft.context import RunContext
+from sdft.errors import StageError
+from sdft.layout import RunLayout
+from sdft.pipeline import Pipeline
 from sdft.train.recipe import train
 from tests.conftest import run_cli
 
@@ -14,25 +17,24 @@ from tests.conftest import run_cli
 def _filtered(tiny_config, **over):
     path, out = tiny_config(**over)
     cfg = load_config(path)
-    stages = Stages(cfg)
-    stages.run("distill")
-    stages.run("filter")
-    rows = [json.loads(x) for x in (out / "filter" / "train.jsonl").read_text().splitlines()]
-    return cfg, stages, rows, out, path
+    ctx = RunContext(cfg)
+    Pipeline(ctx).run(["distill", "filter"])
+    rows = [json.loads(x) for x in ctx.layout.filtered.read_text().splitlines()]
+    return cfg, ctx, rows, out, path
 
 
 @pytest.mark.parametrize("method, precision, checkpointing", [("lora", "fp32", False), ("full", "fp32", False),
                                                              ("lora", "bf16", True)])
 def test_loss_goes_down(tiny_config, method, precision, checkpointing):
-    cfg, stages, rows, out, _ = _filtered(tiny_config, train={"method": method, "max_steps": 12, "lr": 1e-2,
-                                                               "save_every": 0, "precision": precision,
-                                                               "gradient_checkpointing": checkpointing})
-    summary = train(cfg, rows, out / "train", stages.tok, torch.device("cpu"))
+    cfg, ctx, rows, out, _ = _filtered(tiny_config, train={"method": method, "max_steps": 12, "lr": 1e-2,
+                                                            "save_every": 0, "precision": precision,
+                                                            "gradient_checkpointing": checkpointing})
+    summary = train(cfg, rows, ctx.layout, ctx.tok, torch.device("cpu"))
     log = [json.loads(x) for x in (out / "train" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 13))
     assert summary["final_loss"] < 0.9 * summary["first_loss"]
     final = out / "train" / "final"
-    assert (final / "COMPLETE.json").exists()
+    assert json.loads((final / "training_summary.json").read_text()) == summary
     if method == "lora":
         assert (final / "adapter_model.safetensors").exists() and summary["trainable_parameters"] < summary["total_parameters"]
     else:
@@ -45,14 +47,15 @@ def test_loss_is_normalised_over_the_whole_optimizer_step(tiny_config, packing, 
     """micro-batch 1 x accum 4 must take the same step as micro-batch 4 x accum 1. Packed, the two
     layouts pad rows to different widths, and Adam's first step (about g / |g|) magnifies that float
     noise on near-zero gradients, hence atol 1e-5 there (a normalisation error moves every weight ~lr)."""
-    cfg, stages, rows, out, _ = _filtered(tiny_config, train={"max_steps": 1, "save_every": 0, "lora_dropout": 0.0,
-                                                               "packing": packing})
+    cfg, ctx, rows, out, _ = _filtered(tiny_config, train={"max_steps": 1, "save_every": 0, "lora_dropout": 0.0,
+                                                            "packing": packing})
     finals = []
     for mbs, acc in [(1, 4), (4, 1)]:
         cfg.train.micro_batch_size, cfg.train.grad_accum = mbs, acc
         # Same examples in the step: both read the first 4 of the seeded permutation.
-        summary = train(cfg, rows, out / f"train-{mbs}x{acc}", stages.tok, torch.device("cpu"))
-        finals.append((summary, load_file(str(out / f"train-{mbs}x{acc}" / "final" / "adapter_model.safetensors"))))
+        layout = RunLayout(out / f"run-{mbs}x{acc}")
+        summary = train(cfg, rows, layout, ctx.tok, torch.device("cpu"))
+        finals.append((summary, load_file(str(layout.final / "adapter_model.safetensors"))))
     (s1, w1), (s2, w2) = finals
     assert s1["first_loss"] == pytest.approx(s2["first_loss"], rel=1e-5)
     for k in w1:
@@ -62,14 +65,15 @@ def test_loss_is_normalised_over_the_whole_optimizer_step(tiny_config, packing, 
 def test_fused_and_packed_training_follows_the_plain_padded_run(tiny_config):
     """Same examples per step, same normalisation: the fused + packed run takes the plain run's steps
     (fp32, no dropout), and it computes fewer token slots for the same real tokens."""
-    cfg, stages, rows, out, _ = _filtered(tiny_config, n_train=16, train={"max_steps": 4, "save_every": 0,
-                                                                           "lora_dropout": 0.0, "lr": 1e-2})
+    cfg, ctx, rows, out, _ = _filtered(tiny_config, n_train=16, train={"max_steps": 4, "save_every": 0,
+                                                                        "lora_dropout": 0.0, "lr": 1e-2})
     runs = {}
     for mode in ("off", "on"):
         cfg.train.fused_loss = cfg.train.packing = mode
-        summary = train(cfg, rows, out / f"train-{mode}", stages.tok, torch.device("cpu"))
-        log = [json.loads(x)["loss"] for x in (out / f"train-{mode}" / "train_log.jsonl").read_text().splitlines()]
-        runs[mode] = (summary, log, load_file(str(out / f"train-{mode}" / "final" / "adapter_model.safetensors")))
+        layout = RunLayout(out / f"run-{mode}")
+        summary = train(cfg, rows, layout, ctx.tok, torch.device("cpu"))
+        log = [json.loads(x)["loss"] for x in layout.train_log.read_text().splitlines()]
+        runs[mode] = (summary, log, load_file(str(layout.final / "adapter_model.safetensors")))
     (s_off, l_off, w_off), (s_on, l_on, w_on) = runs["off"], runs["on"]
     assert (s_off["fused_loss"], s_off["packing"], s_on["fused_loss"], s_on["packing"]) == (False, False, True, True)
     assert l_on == pytest.approx(l_off, rel=1e-4) and l_on[-1] < l_on[0]
@@ -82,11 +86,11 @@ def test_fused_and_packed_training_follows_the_plain_padded_run(tiny_config):
 
 
 def test_checkpoint_of_another_config_is_refused(tiny_config):
-    cfg, stages, rows, out, _ = _filtered(tiny_config, train={"max_steps": 3, "save_every": 1})
-    train(cfg, rows, out / "train", stages.tok, torch.device("cpu"))
+    cfg, ctx, rows, out, _ = _filtered(tiny_config, train={"max_steps": 3, "save_every": 1})
+    train(cfg, rows, ctx.layout, ctx.tok, torch.device("cpu"))
     cfg.train.lr = 5e-4
-    with pytest.raises(RuntimeError, match="checkpoint was made with another model, train config or data"):
-        train(cfg, rows, out / "train", stages.tok, torch.device("cpu"))
+    with pytest.raises(StageError, match="checkpoint was made with another model, train config or data"):
+        train(cfg, rows, ctx.layout, ctx.tok, torch.device("cpu"))
 
 
 @pytest.mark.slow

@@ -1,0 +1,13 @@
+"""sdft's kernels on the training hot path (installed under the import name ``sdft_kernels``).
+
+The package lives in ``kernels/sdft_kernels/`` and ``kernels/`` itself is not a package (it has no
+``__init__.py``): transformers and bitsandbytes import the PyPI package ``kernels`` (the hub-kernels
+loader) when one is importable, and a regular package ``kernels`` in the repository would shadow it
+for everything started at the repository root. A plain folder never wins over an installed package.
+
+- ``fused_linear_ce``: cross-entropy of ``hidden @ weight.T`` without materialising the logits.
+"""
+
+from sdft_kernels.fused_linear_ce import fused_linear_cross_entropy
+
+__all__ = ["fused_linear_cross_entropy"]

@@ -1,0 +1,1 @@
+"""``sdft compare``: the two-arm run (``compare``) and its forgetting report (``report``)."""

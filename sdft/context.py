@@ -1,0 +1,58 @@
+"""What every stage is handed: the config, the run's folder, and what is loaded once per command.
+
+A stage is a function ``stage(ctx: RunContext) -> summary``. The device (joining the process group
+on first use), the tokenizer and the training examples are loaded lazily, so a command whose stages
+are all complete loads nothing, and a command running several stages loads each once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdft.config.schema import RunConfig
+from sdft.data.examples import Example, LoadReport, load_examples
+from sdft.distributed import runtime
+from sdft.errors import ConfigError
+from sdft.layout import RunLayout
+from sdft.models.loading import load_tokenizer, pick_device
+
+
+class RunContext:
+    """One run folder and its config. ``layout`` gives every path under ``cfg.output_dir``."""
+
+    def __init__(self, cfg: RunConfig, layout: RunLayout | None = None, _loaded: dict | None = None):
+        self.cfg = cfg
+        self.layout = layout or RunLayout(Path(cfg.output_dir))
+        self._loaded = {} if _loaded is None else _loaded
+
+    def for_arm(self, layout: RunLayout) -> "RunContext":
+        """The same config in another run folder (``sdft compare``'s vanilla arm), sharing what is loaded."""
+        return RunContext(self.cfg, layout, self._loaded)
+
+    def _once(self, name: str, load):
+        if name not in self._loaded:
+            self._loaded[name] = load()
+        return self._loaded[name]
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device; joins the process group on first use when launched on several ranks."""
+        def join() -> torch.device:
+            device = pick_device(self.cfg.device)
+            runtime.init(device)
+            return runtime.local_device(device)
+
+        return self._once("device", join)
+
+    @property
+    def tok(self):
+        return self._once("tok", lambda: load_tokenizer(self.cfg.model.path))
+
+    def train_examples(self) -> tuple[list[Example], LoadReport]:
+        """The training examples and the load report, read once per command (distill and filter share them)."""
+        if not self.cfg.data.train:
+            raise ConfigError("data.train is not set: name the training data file")
+        return self._once("examples", lambda: load_examples(self.cfg.data.train, self.cfg.data,
+                                                            limit=self.cfg.data.limit))

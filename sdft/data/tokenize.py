@@ -1,0 +1,87 @@
+"""(prompt, response) rows as token ids with prompt-masked labels, padded batches of them, and the
+response-token loss: what training (the SFT objective) and retention scoring (the seed's answers
+under another model) both compute."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from sdft.errors import DataError
+from sdft.templates.prompts import encode_example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedSet:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    ids: list[str]
+    skipped_overlength: list[str]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+    def response_tokens(self) -> list[int]:
+        """Per example, the tokens the loss is taken on (labelled positions after the first)."""
+        return [sum(1 for y in labels[1:] if y != -100) for labels in self.labels]
+
+
+def tokenize_rows(rows: list[dict], tok, template: str, cutoff_len: int | None = None,
+                  overlength: str = "skip") -> TokenizedSet:
+    """Encode ``{id, instruction, response, system}`` rows; labels are -100 on prompt tokens.
+
+    With a ``cutoff_len``, a longer example is skipped and counted (``overlength="skip"``) or raises
+    (``"error"``); without one, every example is kept.
+    """
+    out = TokenizedSet([], [], [], [])
+    for row in rows:
+        ids, labels = encode_example(tok, template, row["instruction"], row["response"], row.get("system", ""))
+        if cutoff_len is not None and len(ids) > cutoff_len:
+            if overlength == "error":
+                raise DataError(f"example {row['id']!r} is {len(ids)} tokens, longer than train.cutoff_len="
+                                f"{cutoff_len}; raise the cutoff or set train.overlength=skip")
+            out.skipped_overlength.append(row["id"])
+            continue
+        out.input_ids.append(ids)
+        out.labels.append(labels)
+        out.ids.append(row["id"])
+    if out.skipped_overlength:
+        log.warning("train: skipped %d example(s) longer than train.cutoff_len=%d (e.g. %s)",
+                    len(out.skipped_overlength), cutoff_len, out.skipped_overlength[0])
+    if not out.input_ids:
+        raise DataError(f"no training example fits train.cutoff_len={cutoff_len}")
+    return out
+
+
+def collate(data: TokenizedSet, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (each [B, T])."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        labels[row, :n] = torch.tensor(data.labels[i])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over labelled positions, and their count.
+
+    Args:
+        logits: [B, T, V] model outputs.
+        labels: [B, T] target ids, -100 where no loss is taken.
+    Returns:
+        (loss_sum: scalar float32, n_tokens: scalar int64)
+    """
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    return loss, (shift_labels != -100).sum()

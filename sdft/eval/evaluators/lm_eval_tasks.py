@@ -1,0 +1,81 @@
+"""General knowledge: lm-eval-harness tasks (MMLU, ARC, HellaSwag, ... or your own) through its Python API.
+
+The model already in memory is wrapped in lm-eval's ``HFLM``; nothing is downloaded by sdft. A task's
+data must be local: in the ``datasets`` cache, or a task YAML in ``eval.lm_eval_include_path`` that
+reads local files (``dataset_path: json`` with ``data_files``). Metrics are reported as
+``lm_eval.<task>.<metric>`` (e.g. ``lm_eval.arc_easy.acc``), with lm-eval's own direction: the task's,
+from a run in this process, else the metric's in lm-eval's registry (so a report rebuilt from cached
+results still knows that perplexity falls), else unknown (reported without a verdict).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sdft.errors import EvalError
+from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric
+
+PREFIX = "lm_eval."
+
+
+class LmEvalEvaluator(Evaluator):
+    name = "lm_eval"
+    sampled = False  # log-likelihood tasks; generative tasks use their own gen_kwargs
+
+    def prepare(self, ctx: EvalContext) -> None:
+        try:
+            from lm_eval.tasks import TaskManager
+        except ImportError as e:
+            raise EvalError("the lm_eval evaluator needs lm-eval: pip install lm-eval") from e
+        ev = ctx.cfg.eval
+        self.task_manager = TaskManager(include_path=ev.lm_eval_include_path or None)
+        unknown = [t for t in ev.lm_eval_tasks if t not in self.task_manager.all_tasks]
+        if unknown:
+            raise EvalError(f"eval.lm_eval_tasks: lm-eval knows no task {unknown}"
+                            + ("" if ev.lm_eval_include_path else "; for your own tasks set eval.lm_eval_include_path"))
+        self.directions: dict[str, bool] = {}
+
+    def key(self, ctx: EvalContext) -> dict:
+        ev = ctx.cfg.eval
+        return {"tasks": ev.lm_eval_tasks, "include_path": ev.lm_eval_include_path, "limit": ev.limit,
+                "seed": ev.seeds[0]}
+
+    def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+
+        ev = ctx.cfg.eval
+        # lm-eval logs every request at INFO; keep our own log readable.
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
+        lm = HFLM(pretrained=model, tokenizer=ctx.tok, batch_size=ev.batch_size, device=str(ctx.device))
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=list(ev.lm_eval_tasks), task_manager=self.task_manager,
+                                          limit=ev.limit or None, log_samples=False, bootstrap_iters=0,
+                                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                          fewshot_random_seed=seed)
+        except Exception as e:  # lm-eval raises many kinds; the usual cause offline is missing task data
+            raise EvalError(f"lm-eval tasks {ev.lm_eval_tasks} failed: {type(e).__name__}: {e} (is the task data "
+                            "local? offline, lm-eval can read only the datasets cache or local files)") from e
+        metrics: dict[str, float] = {}
+        for task, values in out["results"].items():
+            better = out.get("higher_is_better", {}).get(task, {})
+            for key, value in values.items():
+                metric = key.split(",")[0]
+                if ("," not in key or isinstance(value, bool) or not isinstance(value, (int, float))
+                        or metric.endswith("_stderr")):  # "metric,filter" keys only; not sample_len
+                    continue
+                name = f"{PREFIX}{task}.{metric}"
+                metrics[name] = float(value)
+                self.directions[name] = better.get(metric, True)
+        ctx.write_outputs(self.name, model_name, seed, [{"task": t, **v} for t, v in out["results"].items()])
+        return metrics
+
+    def describe(self, metric: str) -> Metric | None:
+        if not metric.startswith(PREFIX):
+            return None
+        better = getattr(self, "directions", {}).get(metric)
+        if better is None:
+            from lm_eval.api.registry import is_higher_better
+
+            better = is_higher_better(metric.rsplit(".", 1)[-1])
+        return Metric(metric[len(PREFIX):], better)

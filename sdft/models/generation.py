@@ -1,0 +1,97 @@
+"""Batched generation with HF ``generate``: what distillation, every generating evaluator and the
+seed's retention answers use.
+
+Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch, and
+padding is small), left-padded, and generated with HF ``generate``. The batch plan depends only on
+the full prompt list, and each batch is seeded by ``seed + batch index``, so a resumed run samples
+its remaining batches exactly as an unbroken run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import torch
+from tqdm.auto import tqdm
+
+from sdft.config.schema import SamplingConfig
+from sdft.distributed import runtime
+
+
+def generation_record(sampling: SamplingConfig, batch_size: int, seed: int | None) -> dict:
+    """The settings a set of generated texts depends on (recorded beside them, compared on resume)."""
+    return {**asdict(sampling), "seed": seed, "batch_size": batch_size}
+
+
+def generate_kwargs(sampling: SamplingConfig) -> dict:
+    """HF ``generate`` keyword arguments for ``sampling``."""
+    kw = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
+    if sampling.do_sample:
+        kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    else:  # unset the model's own sampling defaults so greedy is really greedy (and quiet)
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def plan_batches(prompts: dict[str, list[int]], batch_size: int) -> list[list[str]]:
+    """Ids grouped into batches, longest prompts first (ties broken by id for determinism)."""
+    order = sorted(prompts, key=lambda i: (-len(prompts[i]), i))
+    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] input_ids and attention_mask with padding on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate_texts(model, tok, seqs: list[list[int]], sampling: SamplingConfig, synced_gpus: bool = False,
+                   strip: bool = True) -> list[str]:
+    """Generate for one batch of prompt ids; returns the new tokens' text (no specials; stripped
+    unless ``strip`` is false, e.g. for code completions whose first line's indentation matters)."""
+    ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
+    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
+                         eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id,
+                         synced_gpus=synced_gpus, **generate_kwargs(sampling))
+    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in texts] if strip else texts
+
+
+def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
+                     seed: int, skip: set[str] | frozenset = frozenset(), desc: str = "generate",
+                     strip: bool = True) -> Iterator[dict[str, str]]:
+    """Yield ``{id: generated text}`` per batch, for every id in ``prompts`` not in ``skip``.
+
+    ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
+    special tokens), stripped of surrounding whitespace unless ``strip`` is false. Batch ``i`` of the
+    plan is sampled with seed ``seed + i``.
+    """
+    batches = plan_batches(prompts, batch_size)
+    todo = sum(1 for b in batches for i in b if i not in skip)
+    bar = tqdm(total=todo, desc=desc, unit="ex", disable=runtime.rank() != 0 or todo == 0)
+    for index, batch in enumerate(batches):
+        batch = [i for i in batch if i not in skip]
+        if not batch:
+            continue
+        torch.manual_seed(seed + index)
+        texts = generate_texts(model, tok, [prompts[i] for i in batch], sampling, strip=strip)
+        bar.update(len(batch))
+        yield dict(zip(batch, texts))
+    bar.close()
+
+
+def generate_all(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
+                 seed: int, desc: str = "generate", strip: bool = True) -> dict[str, str]:
+    """``{id: generated text}`` for every prompt (``generate_batches`` run to the end)."""
+    out: dict[str, str] = {}
+    for batch in generate_batches(model, tok, prompts, sampling, batch_size=batch_size, seed=seed, desc=desc,
+                                  strip=strip):
+        out.update(batch)
+    return out
