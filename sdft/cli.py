@@ -89,19 +89,26 @@ def run_command(args: argparse.Namespace) -> int:
     from sdft.distributed import runtime
     from sdft.models.loading import pick_device
     from sdft.models.quantized import preflight
+    from sdft.run_folder import hold
     from sdft.run_record import write_run_record
+
+    from sdft.compare.compare import check_compare, run_compare
+    from sdft.pipeline import Pipeline
 
     preflight(cfg, pick_device(cfg.device))
     ctx = RunContext(cfg)
+    pipeline = Pipeline(ctx)
+    # Every input the command reads is checked before anything is written, the output folder included.
+    if args.command == "compare":
+        check_compare(ctx, args.force)
+    else:
+        pipeline.check_inputs(COMMANDS[args.command], args.force)
+    hold(ctx.layout, args.command)  # one run per output folder; clears what a killed run left
     write_run_record(ctx.layout, args.command, resolved)
     if args.command == "compare":
-        from sdft.compare.compare import run_compare
-
         run_compare(ctx, force=args.force)
     else:
-        from sdft.pipeline import Pipeline
-
-        Pipeline(ctx).run(COMMANDS[args.command], force=args.force)
+        pipeline.run(COMMANDS[args.command], force=args.force)
     runtime.teardown()
     return 0
 

@@ -40,3 +40,10 @@ class EvalError(SdftError, RuntimeError):
     """An evaluation cannot run (missing data or package); the message says what to do."""
 
     kind = "eval"
+
+
+class OutputError(SdftError, OSError):
+    """Writing an output failed: a full disk, a read-only folder, a file where a folder should be. The
+    message names the path and the cause; what was written before is kept, so a rerun continues."""
+
+    kind = "output"

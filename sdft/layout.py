@@ -12,13 +12,15 @@
     <output_dir>/compare/report.md, report.json, plots/, outputs/, results/, seed_responses.jsonl
 
 Code never joins a path under an output folder by hand; it asks a ``RunLayout``. Temporary files
-beside a target are named by ``sdft.utils.io`` from the target's path.
+beside a target are named by ``sdft.utils.io`` from the target's path (``.<name>.tmp-<tag>``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from sdft.utils.io import temp_sibling
 
 STAGE_NAMES = ("distill", "filter", "train", "eval", "export")
 
@@ -99,6 +101,11 @@ class RunLayout:
     def config_yaml(self) -> Path:
         return self.root / "config.yaml"
 
+    @property
+    def lock(self) -> Path:
+        """Held (an OS file lock) by the one run that owns the folder; names its holder."""
+        return self.root / ".sdft.lock"
+
     def run_record(self, stamp: str, command: str) -> Path:
         """The record of one command: its resolved config, argv and package versions."""
         return self.root / "run_info" / f"{stamp}-{command}.yaml"
@@ -155,7 +162,7 @@ class RunLayout:
 
     def checkpoint_tmp(self, step: int) -> Path:
         """Where a checkpoint is written before it is renamed into place."""
-        return self.checkpoints / f".tmp-step-{step:06d}"
+        return temp_sibling(self.checkpoint(step).root, "save")
 
     def complete_checkpoints(self) -> list[CheckpointFiles]:
         """Complete checkpoints, oldest first (hidden temporary folders are not complete)."""

@@ -4,7 +4,9 @@
                                -> export
 
 Each row of ``SDFT_STAGES`` names a stage, the function that runs it (one per stage package), the
-stage whose output it reads, which ranks run it, and the config its output depends on. A stage
+stage whose output it reads, which ranks run it, the config its output depends on, and the input
+files it reads (all checked before the first stage of a command starts, so that a missing
+``data.test`` stops the run before distillation, not after training). A stage
 writes under ``<output_dir>/<stage>/`` and finishes with ``<stage>/COMPLETE.json``: that config, the
 upstream stage's record, a summary and the time taken. A stage whose record matches the current
 config is skipped; one made with another config is refused with the differing keys, never silently
@@ -27,8 +29,9 @@ from sdft.config.schema import RunConfig
 from sdft.context import RunContext
 from sdft.distill.distill import run_distill
 from sdft.distributed import runtime
+from sdft.config.validate import require_files
 from sdft.errors import StageError
-from sdft.eval.evaluate import run_eval
+from sdft.eval.evaluate import eval_preflight, run_eval
 from sdft.export.export import run_export
 from sdft.filter.filter import keep_originals, run_filter
 from sdft.train.recipe import run_train
@@ -49,6 +52,9 @@ class Stage:
     runs it while the others wait."""
     inputs: Callable[[RunConfig], dict]
     """The config the stage's output depends on (without the upstream stage's record)."""
+    preflight: Callable[[RunConfig], None]
+    """Checks what it needs (input files, tools) before the first stage of a command starts; raises
+    ``ConfigError`` naming the option."""
 
 
 def _task_data(cfg: RunConfig) -> dict:
@@ -63,19 +69,38 @@ def _distill_inputs(cfg: RunConfig) -> dict:
     return out
 
 
-_TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe())
+def _reads(stage: str, model: bool = True, train_data: bool = False) -> Callable[[RunConfig], None]:
+    """A preflight that checks the seed model's folder and/or ``data.train``."""
+    def check(cfg: RunConfig) -> None:
+        files = [("data.train", cfg.data.train)] if train_data else []
+        if model and not cfg.model.path.startswith("builtin:"):
+            files.append(("model.path", cfg.model.path))
+        require_files(files, f"the {stage} stage")
+
+    return check
+
+
+def _eval_preflight(cfg: RunConfig) -> None:
+    _reads("eval")(cfg)
+    eval_preflight(cfg)
+
+
+_TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))
 _EVAL = Stage("eval", run_eval, "train", False,
-              lambda cfg: {"eval": asdict(cfg.eval), "test": cfg.data.test, "general_prompts": cfg.data.general_prompts})
-_EXPORT = Stage("export", run_export, "train", False, lambda cfg: {"export": asdict(cfg.export)})
+              lambda cfg: {"eval": asdict(cfg.eval), "test": cfg.data.test, "general_prompts": cfg.data.general_prompts},
+              _eval_preflight)
+_EXPORT = Stage("export", run_export, "train", False, lambda cfg: {"export": asdict(cfg.export)}, _reads("export"))
 
 SDFT_STAGES = (
-    Stage("distill", run_distill, None, True, _distill_inputs),
-    Stage("filter", run_filter, "distill", False, lambda cfg: {"filter": asdict(cfg.filter)}),
+    Stage("distill", run_distill, None, True, _distill_inputs, _reads("distill", train_data=True)),
+    Stage("filter", run_filter, "distill", False, lambda cfg: {"filter": asdict(cfg.filter)},
+          _reads("filter", model=False, train_data=True)),
     _TRAIN, _EVAL, _EXPORT,
 )
 VANILLA_STAGES = (
     Stage("filter", keep_originals, None, False,
-          lambda cfg: {"vanilla": True, "model": asdict(cfg.model), "data": _task_data(cfg)}),
+          lambda cfg: {"vanilla": True, "model": asdict(cfg.model), "data": _task_data(cfg)},
+          _reads("filter", model=False, train_data=True)),
     _TRAIN, _EVAL, _EXPORT,
 )
 
@@ -89,9 +114,18 @@ class Pipeline:
 
     def run(self, names: list[str] | tuple[str, ...], force: bool = False) -> None:
         """Run ``names`` in order. ``force`` redoes the first of them and everything after it in the
-        table (its output is deleted); the rest then run fresh."""
+        table (its output is deleted); the rest then run fresh. Before the first stage starts, every
+        input file of the stages that will run is checked."""
+        self.check_inputs(names, force)
         for i, name in enumerate(names):
             self.run_stage(name, force=force and i == 0)
+
+    def check_inputs(self, names: list[str] | tuple[str, ...], force: bool = False) -> None:
+        """Refuse a missing input of any stage in ``names`` that is not complete yet (all of them with
+        ``force``); a stage completed with another config is refused here too."""
+        todo = names if force else [n for n in names if not self.is_complete(n)]
+        for name in todo:
+            self.stages[name].preflight(self.ctx.cfg)
 
     def run_stage(self, name: str, force: bool = False) -> dict | None:
         """Run one stage unless it is already complete with this config. Returns its summary."""

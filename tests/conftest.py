@@ -38,7 +38,7 @@ def tiny_tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
-def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml")) -> dict[str, tuple[int, int]]:
+def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock")) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file under ``root`` except the ``ignore``d top-level
     names: compare two snapshots to prove a rerun rewrote nothing."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")
@@ -54,6 +54,24 @@ def math_rows(n: int, start: int = 0) -> list[dict]:
     """Small arithmetic examples in the shipped data's layout (question/answer)."""
     return [{"id": f"q{i}", "question": f"What is {i} plus {i + 1}?" + " Think." * (i % 3),
              "answer": f"{i} + {i + 1} = {2 * i + 1}.\nThe answer is {2 * i + 1}."} for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="session")
+def bubblewrap():
+    """bwrap, which the code sandbox needs: installed with apt-get when missing (as root, as the SLURM
+    tests install SLURM), else the test is skipped."""
+    if shutil.which("bwrap") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("needs bubblewrap (apt-get install bubblewrap), or root and apt-get to install it")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        res = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "bubblewrap"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    from sdft.eval.sandbox.runner import isolation
+
+    isolation.cache_clear()
+    assert isolation() == "bubblewrap", "bwrap is installed but cannot start a confined process here"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ LAYERS = [
     ["sdft.errors", "sdft.layout", "sdft.utils", "sdft.gates", "sdft.templates"],
     ["sdft.config"],
     ["sdft.data", "sdft.distributed", "sdft.models"],
-    ["sdft.context", "sdft.run_record"],
+    ["sdft.context", "sdft.run_record", "sdft.run_folder"],
     ["sdft.distill", "sdft.filter", "sdft.train", "sdft.eval", "sdft.export"],
     ["sdft.pipeline", "sdft.compare"],
     ["sdft.cli", "sdft.__main__"],

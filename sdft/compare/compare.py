@@ -22,6 +22,7 @@ from sdft.compare.report import write_report
 from sdft.context import RunContext
 from sdft.distributed import runtime
 from sdft.eval.engine import eval_settings, evaluate
+from sdft.eval.evaluate import eval_preflight
 from sdft.eval.evaluators import EvalContext
 from sdft.layout import EvalFiles
 from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
@@ -31,9 +32,21 @@ log = logging.getLogger(__name__)
 ARM_STAGES = {"sdft": ("distill", "filter", "train"), "vanilla": ("filter", "train")}
 
 
+def _arms(ctx: RunContext) -> dict[str, Pipeline]:
+    return {"sdft": Pipeline(ctx, SDFT_STAGES), "vanilla": Pipeline(ctx.for_arm(ctx.layout.vanilla), VANILLA_STAGES)}
+
+
+def check_compare(ctx: RunContext, force: bool = False) -> None:
+    """Every input of both arms and of the evaluation, checked before the first stage of either arm."""
+    for name, pipeline in _arms(ctx).items():
+        pipeline.check_inputs(ARM_STAGES[name], force)
+    eval_preflight(ctx.cfg)
+
+
 def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
     """Train both arms, evaluate seed / vanilla / sdft, write the report. Returns it on rank 0."""
-    arms = {"sdft": Pipeline(ctx, SDFT_STAGES), "vanilla": Pipeline(ctx.for_arm(ctx.layout.vanilla), VANILLA_STAGES)}
+    check_compare(ctx, force)
+    arms = _arms(ctx)
     for name, pipeline in arms.items():
         pipeline.run(ARM_STAGES[name], force=force)
     report = None

@@ -243,6 +243,10 @@ class EvalConfig:
     """Longest completion of a HumanEval function body."""
     humaneval_timeout: float = 10.0
     """Seconds a completion's tests may run in the sandbox subprocess before it is killed."""
+    humaneval_unisolated: bool = False
+    """Run HumanEval programs even where bubblewrap (``bwrap``) cannot isolate them. Off: such a run is
+    refused before any work. On: only an audit hook and resource limits confine the generated code,
+    and a hostile program can write wherever this user can."""
     lm_eval_tasks: list[str] = field(default_factory=list)
     """lm-eval-harness task names for the ``lm_eval`` evaluator (their data must be local)."""
     lm_eval_include_path: str = ""

@@ -9,6 +9,7 @@ names the option to change.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from sdft.config.schema import EVALUATORS, RunConfig
 from sdft.errors import ConfigError
@@ -81,6 +82,16 @@ def _validate_evaluators(cfg: RunConfig) -> None:
         if name in ev.evaluators and importlib.util.find_spec(module) is None:
             raise ConfigError(f"eval.evaluators has {name} but the {package} package is not installed: "
                               f"pip install {package} (or pip install 'sdft[eval]')")
+
+
+def require_files(files: list[tuple[str, str]], why: str) -> None:
+    """``ConfigError`` naming the first (option, path) of ``files`` that is unset or does not exist;
+    ``why`` says what reads it."""
+    for option, path in files:
+        if not path:
+            raise ConfigError(f"{option} is not set, and {why} reads it")
+        if not Path(path).exists():
+            raise ConfigError(f"{option}={path!r}: no such file or folder, and {why} reads it; nothing has run")
 
 
 def _get(cfg: RunConfig, dotted: str):

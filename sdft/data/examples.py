@@ -126,7 +126,8 @@ def _from_messages(messages: Any, cfg: DataConfig, system: str) -> tuple[str, st
 
 def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
                   response_required: bool = True) -> tuple[list[Example], LoadReport]:
-    """Load and normalise a data set. Errors name file and line; duplicate ids are refused.
+    """Load and normalise a data set. Errors name file and line; an id given twice, or an explicit id
+    equal to another record's content-hash id, is refused naming both records.
 
     With ``cfg.on_error == "skip"`` a bad record is counted and logged instead of raised.
     An empty result is always an error.
@@ -134,7 +135,7 @@ def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
     report = LoadReport(path=str(path), first_errors=[])
     examples: list[Example] = []
     seen: Counter[str] = Counter()
-    explicit_ids: dict[str, str] = {}
+    owners: dict[str, tuple[str, bool]] = {}  # id -> (location, whether the id was given explicitly)
     fmt = None if cfg.format == "auto" else cfg.format
     for rec in read_records(path):
         try:
@@ -151,17 +152,15 @@ def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
                 report.first_errors.append(msg)
             continue
         ex.location = rec.location
-        has_explicit = rec.fields.get(cfg.id_field) not in (None, "")
-        if has_explicit:
-            if ex.id in explicit_ids:
-                raise DataError(f"{rec.location}: duplicate id {ex.id!r} (first at {explicit_ids[ex.id]}); "
-                                f"ids in field {cfg.id_field!r} must be unique")
-            explicit_ids[ex.id] = rec.location
-        else:
+        explicit = rec.fields.get(cfg.id_field) not in (None, "")
+        if not explicit:
             # Identical records hash alike; number the repeats so each keeps its own stable id.
             seen[ex.id] += 1
             if seen[ex.id] > 1:
                 ex.id = f"{ex.id}-{seen[ex.id] - 1}"
+        if ex.id in owners:
+            raise DataError(_duplicate_id(ex.id, rec.location, explicit, *owners[ex.id], cfg.id_field))
+        owners[ex.id] = (rec.location, explicit)
         examples.append(ex)
         if limit and len(examples) >= limit:
             break
@@ -172,3 +171,11 @@ def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
     if not examples:
         raise DataError(f"{path}: no usable examples (empty file, or every record was bad)")
     return examples, report
+
+
+def _duplicate_id(ex_id: str, location: str, explicit: bool, first: str, first_explicit: bool, field: str) -> str:
+    if explicit and first_explicit:
+        return f"{location}: duplicate id {ex_id!r} (first at {first}); ids in field {field!r} must be unique"
+    given, hashed = (location, first) if explicit else (first, location)
+    return (f"{given}: id {ex_id!r} equals the content-hash id of the record at {hashed}, which has no {field!r} "
+            f"field; ids must be unique: give that record an id of its own, or change this one")

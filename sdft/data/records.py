@@ -1,12 +1,15 @@
 """Read raw records from JSON, JSONL, CSV, Parquet or a saved ``datasets`` folder.
 
 Each record comes with a location (``file:line`` for JSONL and CSV, ``file[item]`` for JSON,
-``file[row]`` for Parquet and datasets) so that every later error can point at it.
+``file[row]`` for Parquet and datasets) so that every later error can point at it. Text files must be
+UTF-8: a JSONL line that is not is a bad record (skipped with ``data.on_error=skip``); a JSON or CSV
+file that is not is an error naming the line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,12 +43,26 @@ def read_records(path: str | Path) -> Iterator[RawRecord]:
     yield from readers[suffix](path)
 
 
+def decode_utf8(data: bytes, path: Path | str, first_line: int = 1) -> str:
+    """``data`` as text; bytes that are not UTF-8 are a ``DataError`` naming the file and line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + data[:e.start].count(b"\n")
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            loc = f"{path}:{lineno}"
+            try:
+                line = decode_utf8(raw, path, lineno)
+            except DataError as e:
+                yield RawRecord(loc, None, str(e).removeprefix(f"{loc}: "))
+                continue
             if not line.strip():
                 continue
-            loc = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -59,7 +76,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(decode_utf8(path.read_bytes(), path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); a .json file must hold one "
                         "array of objects (use .jsonl for one object per line)") from e
@@ -76,11 +93,10 @@ def _read_json(path: Path) -> Iterator[RawRecord]:
 
 
 def _read_csv(path: Path) -> Iterator[RawRecord]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            # line_num is the physical line where the row ended (quoted fields may span lines).
-            yield RawRecord(f"{path}:{reader.line_num}", dict(row))
+    reader = csv.DictReader(io.StringIO(decode_utf8(path.read_bytes(), path), newline=""))
+    for row in reader:
+        # line_num is the physical line where the row ended (quoted fields may span lines).
+        yield RawRecord(f"{path}:{reader.line_num}", dict(row))
 
 
 def _read_parquet(path: Path) -> Iterator[RawRecord]:

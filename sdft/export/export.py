@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from sdft.layout import RunLayout
 from sdft.models.loading import load_model
 from sdft.models.quantized import dequantize_into, load_4bit
 from sdft.models.run_models import is_adapter
-from sdft.utils.io import atomic_publish_dir
+from sdft.utils.io import publishing
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +50,6 @@ def merged_qlora_model(cfg: RunConfig, adapter_dir: Path, dtype: str):
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
-def _publish(target: Path, write) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    write(tmp)
-    atomic_publish_dir(tmp, target)
-    return target
-
-
 def export_model(cfg: RunConfig, layout: RunLayout, tok) -> Path:
     """Merge (LoRA, QLoRA) or copy (full) ``train/final`` into ``export/model``; returns that folder."""
     final_dir = layout.final
@@ -74,12 +65,11 @@ def export_model(cfg: RunConfig, layout: RunLayout, tok) -> Path:
         model = load_model(str(final_dir), dtype, cpu)
     model.config.use_cache = True
     if adapter:
-        _publish(layout.export_adapter, lambda tmp: [shutil.copy2(f, tmp / f.name) for f in final_dir.glob("adapter_*")])
-
-    def write(tmp: Path) -> None:
+        with publishing(layout.export_adapter) as tmp:
+            for f in final_dir.glob("adapter_*"):
+                shutil.copy2(f, tmp / f.name)
+    with publishing(layout.export_model) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-
-    target = _publish(layout.export_model, write)
-    log.info("export: wrote %s (%s)", target, dtype)
-    return target
+    log.info("export: wrote %s (%s)", layout.export_model, dtype)
+    return layout.export_model

@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from sdft.errors import ConfigError
+from sdft.utils.io import publishing
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ def _ensure(target: Path, build) -> Path:
 
     with FileLock(str(target) + ".lock"):
         if not (target / "config.json").exists():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-            build(tmp)
-            os.replace(tmp, target)
+            with publishing(target) as tmp:
+                build(tmp)
     return target
 
 

@@ -20,7 +20,7 @@ from sdft.distributed import runtime
 from sdft.distributed.deepspeed import zero_stage
 from sdft.errors import StageError
 from sdft.layout import CheckpointFiles
-from sdft.train.checkpoint import rng_state, set_rng_state, trainable_state
+from sdft.train.checkpoint import load_state, rng_state, set_rng_state, trainable_state
 
 Batch = dict[str, torch.Tensor]
 
@@ -108,7 +108,7 @@ class LocalBackend:
         with torch.no_grad():
             for n, t in weights.items():
                 params[n].copy_(t)
-        blob = torch.load(ckpt.optimizer, weights_only=False)
+        blob = load_state(ckpt.optimizer)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"])
@@ -159,7 +159,7 @@ class DeepSpeedBackend:
         load_path, _ = self.engine.load_checkpoint(str(ckpt.root), tag=ckpt.DEEPSPEED_TAG)
         if load_path is None:
             raise StageError(f"{ckpt.root}: DeepSpeed could not load the checkpoint")
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_state(rng_file))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Under ZeRO-3 each parameter is gathered in turn, so peak extra memory is one parameter, and

@@ -6,6 +6,10 @@ checkpoint), every rank's RNG state, and ``state.json``. It is written to a hidd
 and renamed into place, so a kill never leaves a half checkpoint that looks whole. Resuming restores
 all of it, and the data position follows from the step (``batching``), so the resumed run takes
 exactly the steps an unbroken run would.
+
+Nothing in a checkpoint carries code: states are loaded with ``torch.load(weights_only=True)``
+(tensors, numbers, strings and containers only), so a file planted in an output folder cannot run
+anything at the next resume. RNG states are stored in that form too (numpy's as a list of ints).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import random
 import shutil
 
@@ -24,7 +29,8 @@ from sdft.data.tokenize import TokenizedSet
 from sdft.distributed import runtime
 from sdft.errors import StageError
 from sdft.layout import CheckpointFiles, RunLayout
-from sdft.utils.io import atomic_publish_dir
+from sdft.utils.faults import boundary
+from sdft.utils.io import atomic_publish_dir, atomic_write_json, writing
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,10 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG this process draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,9 +52,20 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state(path) -> dict:
+    """A state file written with ``torch.save``, read without running code from it: one that holds
+    anything but tensors, numbers, strings and containers is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise StageError(f"{path}: refusing to load it: it holds more than tensors and plain data, so it was "
+                         f"not written by sdft ({str(e).splitlines()[0]}); delete the checkpoint folder") from None
 
 
 def fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
@@ -67,14 +87,22 @@ def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     runtime.barrier()
-    backend.save(CheckpointFiles(tmp))
+    try:
+        with writing(final.root):
+            backend.save(CheckpointFiles(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # free what was written at once (a full disk, say)
+        raise
+    boundary("checkpoint")
     runtime.barrier()
     if runtime.is_main():
         state = {"step": step, "world_size": runtime.world_size(), **meta}
-        (tmp / final.state.name).write_text(json.dumps(state, indent=2))
+        atomic_write_json(tmp / final.state.name, state)
         atomic_publish_dir(tmp, final.root)
         for old in layout.complete_checkpoints()[:-keep] if keep > 0 else []:
+            old.state.unlink()  # first, so that a kill in the middle never leaves a complete-looking half
             shutil.rmtree(old.root, ignore_errors=True)
+            boundary("unlinked")
     runtime.barrier()
 
 

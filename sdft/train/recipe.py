@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,7 +47,7 @@ from sdft.train.model import build_model, build_optimizer, log_4bit_layout, para
 from sdft.train.objective import SFTObjective
 from sdft.train.train_log import TrainLog
 from sdft.utils.faults import maybe_kill
-from sdft.utils.io import atomic_publish_dir, atomic_write_json, read_jsonl
+from sdft.utils.io import atomic_write_json, publishing, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +178,10 @@ class TrainRecipe:
 
 def save_final(layout: RunLayout, model, tok, summary: dict, state: dict, full: bool) -> None:
     """Write the adapter (LoRA) or full model as safetensors with ``training_summary.json``, atomically."""
-    final = layout.final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    if full:
-        model.config.use_cache = True
-        model.config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    atomic_write_json(tmp / layout.final_summary.name, summary)
-    atomic_publish_dir(tmp, final)
+    with publishing(layout.final) as tmp:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if full:
+            model.config.use_cache = True
+            model.config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / layout.final_summary.name, summary)

@@ -1,16 +1,17 @@
 """The training log: ``train_log.jsonl`` (one row per logged step) and TensorBoard scalars, rank 0 only.
 
-On resume the log is cut back to the checkpoint's step, so a step is never logged twice.
+Rows are appended with an fsync; a torn last row (a kill during the append) is dropped when the log
+is next opened, and on resume the log is cut back to the checkpoint's step, so a step is never
+logged twice or lost.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 from sdft.distributed import runtime
 from sdft.layout import RunLayout
-from sdft.utils.io import read_jsonl, write_jsonl
+from sdft.utils.io import append_jsonl, read_jsonl, repair_jsonl_tail, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,9 @@ class TrainLog:
     def __init__(self, layout: RunLayout, start: int):
         self.path = layout.train_log
         self.main = runtime.is_main()
+        if self.main and (removed := repair_jsonl_tail(self.path)):
+            log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", self.path, removed)
+        runtime.barrier()  # every rank reads the repaired log
         self.history = [r for r in read_jsonl(self.path) if r["step"] <= start] if self.path.exists() and start else []
         self.writer = None
         if self.main:
@@ -31,8 +35,7 @@ class TrainLog:
         self.history.append(row)
         if not self.main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(self.path, [row])
         if self.writer:
             for key in ("loss", "lr", "grad_norm"):
                 self.writer.add_scalar(f"train/{key}", row[key], row["step"])

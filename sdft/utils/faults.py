@@ -1,6 +1,13 @@
-"""Fault injection for crash-safety tests: ``SDFT_KILL_AT=<point>:<n>`` SIGKILLs this process the
-n-th time ``<point>`` is reached (e.g. ``distill_batch:2`` or ``train_step:3``). A real SIGKILL, so
-no cleanup code runs: exactly what a node failure or an OOM killer does."""
+"""Fault injection for crash-safety tests. A real SIGKILL, so no cleanup code runs: exactly what a
+node failure or an OOM killer does.
+
+- ``SDFT_KILL_AT=<point>:<n>`` kills this process the n-th time ``<point>`` is reached. Points are
+  the named places of the stages (``distill_batch``, ``train_step``) and the write boundaries of
+  ``sdft.utils.io`` and the checkpoints (``boundary``): ``write`` counts every boundary, a boundary's
+  own kind (``renamed``, ``appended``, ...) counts only those.
+- ``SDFT_TRACE_WRITES=<file>`` appends the kind of every write boundary reached to ``<file>``, so a
+  test can count the boundaries of an unbroken run and then kill a run at each of them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ _hits: Counter[str] = Counter()
 
 
 def maybe_kill(point: str) -> None:
+    """Kill this process when ``SDFT_KILL_AT`` names ``point`` and this is its n-th time."""
     spec = os.environ.get("SDFT_KILL_AT")
     if not spec:
         return
@@ -21,3 +29,14 @@ def maybe_kill(point: str) -> None:
     _hits[point] += 1
     if _hits[point] >= int(n or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def boundary(kind: str) -> None:
+    """A write boundary (a file written but not yet renamed into place, a rename, an append, an unlink,
+    a checkpoint saved): traced with ``SDFT_TRACE_WRITES``, and a place ``SDFT_KILL_AT`` can kill at."""
+    trace = os.environ.get("SDFT_TRACE_WRITES")
+    if trace:
+        with open(trace, "a") as f:
+            f.write(kind + "\n")
+    maybe_kill("write")
+    maybe_kill(kind)

