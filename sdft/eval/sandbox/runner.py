@@ -3,7 +3,7 @@
 Never in the framework's own process. Each program runs:
 - inside bubblewrap (``bwrap``): its own user, mount, PID, network, IPC and UTS namespaces, as uid
   65534 with no capabilities; the whole file system read-only except its own folder, with private,
-  throw-away ``/tmp``, ``/dev`` and ``/dev/shm``; no network at all. Writes elsewhere fail in the
+  throw-away ``/dev`` and ``/dev/shm``; no network at all. Writes elsewhere fail in the
   kernel, whatever the program uses (a directory descriptor, a hard link, sqlite3, shared memory, a
   FIFO, native code). When sdft itself runs as root, the namespace's uid maps to root outside: the
   read-only mounts, not file permissions, are what stop writes;
@@ -49,8 +49,9 @@ class RunResult:
 
 def _bwrap(box: Path) -> list[str]:
     """The bubblewrap command line that confines a program to ``box``."""
+    # /tmp stays visible (read-only): the interpreter, sdft's guard script or the box may live there.
     return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
-            "--tmpfs", "/tmp", "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
+            "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
             "--bind", str(box), str(box), "--uid", NOBODY, "--gid", NOBODY, "--chdir", str(box), "--"]
 
 
