@@ -61,6 +61,15 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
+    """A 4D bool mask (True: attend) as ``model``'s attention takes it: as is for sdpa, additive (0 where
+    True, a large negative number where False) for eager attention, which adds its mask to the scores."""
+    cfg = causal_lm(model).config
+    if (getattr(cfg, "_attn_implementation", None) or "eager") != "eager":
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+
+
 def hidden_size(path: str) -> int:
     """The model's hidden size, read from its config alone (DeepSpeed sizes its buckets by it)."""
     from transformers import AutoConfig

@@ -38,7 +38,7 @@ import torch
 from sdft.config.schema import TrainConfig
 from sdft.data.tokenize import TokenizedSet, causal_lm_loss_sum, collate
 from sdft.errors import ConfigError
-from sdft.models.loading import causal_lm
+from sdft.models.loading import attention_mask_for, causal_lm
 from sdft.train.batching import TokenSlots, step_token_slots
 from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step
 
@@ -135,6 +135,8 @@ class CausalLMLoss(torch.nn.Module):
                 deepspeed.zero.register_external_parameter(self, weight)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+        if attention_mask is not None and attention_mask.dim() == 4:  # a packed batch's block mask
+            attention_mask = attention_mask_for(self.model, attention_mask)
         if not self.fused:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
             return causal_lm_loss_sum(logits, labels)[0]
