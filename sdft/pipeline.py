@@ -63,7 +63,8 @@ def _task_data(cfg: RunConfig) -> dict:
 
 
 def _distill_inputs(cfg: RunConfig) -> dict:
-    out = {"model": asdict(cfg.model), "data": _task_data(cfg), "distill": asdict(cfg.distill)}
+    out = {"model": asdict(cfg.model), "data": _task_data(cfg), "distill": asdict(cfg.distill),
+           "generation": asdict(cfg.generation)}
     if cfg.distill.quantized:
         out["quantization"] = asdict(cfg.quantization)
     return out
@@ -87,7 +88,8 @@ def _eval_preflight(cfg: RunConfig) -> None:
 
 _TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))
 _EVAL = Stage("eval", run_eval, "train", False,
-              lambda cfg: {"eval": asdict(cfg.eval), "test": cfg.data.test, "general_prompts": cfg.data.general_prompts},
+              lambda cfg: {"eval": asdict(cfg.eval), "generation": asdict(cfg.generation), "test": cfg.data.test,
+                           "general_prompts": cfg.data.general_prompts},
               _eval_preflight)
 _EXPORT = Stage("export", run_export, "train", False, lambda cfg: {"export": asdict(cfg.export)}, _reads("export"))
 

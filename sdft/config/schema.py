@@ -77,6 +77,19 @@ class SamplingConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """How text is generated, for distill and eval alike."""
+
+    engine: Literal["auto", "continuous", "hf"] = "auto"
+    """``continuous``: sdft's engine: continuous batching over a KV cache allocated once, with
+    ``batch_size`` slots, and per-example seeds (an example's text depends only on the seed and its
+    id, not on the batch, the world size or a resume); ``hf``: transformers' ``generate`` on static
+    batches seeded per batch (the reference); ``auto``: continuous where it gives ``generate``'s result
+    (llama, mistral, qwen2, qwen3 and gemma families with sdpa or eager attention, no sliding window
+    shorter than the sequences), else hf."""
+
+
+@dataclass
 class DistillConfig:
     """Step 1: the seed model rewrites each reference answer. Defaults are the paper's."""
 
@@ -86,11 +99,13 @@ class DistillConfig:
     template, instruction and reference in a user turn)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch_size: int = 8
-    """Prompts per generate call (sorted by length, left-padded)."""
+    """Rows generated together: slots of the continuous engine, or prompts per ``generate`` call
+    (sorted by length, left-padded) with ``generation.engine=hf``."""
     cutoff_len: int = 1024
     """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
     seed: int = 42
-    """Sampling seed; batch ``i`` uses ``seed + i``."""
+    """Sampling seed: with the continuous engine, example ``e`` draws from a stream keyed by (seed, e's
+    id); with ``hf``, batch ``i`` uses ``seed + i``."""
     mode: Literal["replica", "zero3"] = "replica"
     """Several ranks: ``replica`` (each rank holds the whole model and rewrites its own shard) or
     ``zero3`` (parameters partitioned over ranks at load, for models larger than one GPU)."""
@@ -217,7 +232,8 @@ class EvalConfig:
     """Greedy by default, so models are compared without sampling noise. With sampling, every
     generating evaluator runs once per entry of ``seeds`` and reports mean and spread."""
     batch_size: int = 8
-    """Prompts per generate call, and sequences per forward when scoring retention or lm-eval tasks."""
+    """Rows generated together (engine slots, or prompts per ``generate`` call), and sequences per
+    forward when scoring retention or lm-eval tasks."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Sampling seeds; one evaluation per seed when ``sampling.do_sample`` (greedy takes exactly one)."""
     limit: int = 0
@@ -277,6 +293,7 @@ class RunConfig:
     """``auto``: CUDA when visible, else CPU."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,16 +1,16 @@
 """Step 1: the seed model rewrites every reference answer in its own words, on one rank or many.
 
 Stage entry: ``run_distill(ctx)``. Output (``<output_dir>/distill``, paths from ``RunLayout``):
-- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens, batch, batch_size}`` record per example, in
-  data-set order (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds
-  ``distill.cutoff_len``; ``batch`` names the batch it was sampled in, by the batch's first id).
+- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order
+  (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``; with
+  ``generation.engine=hf`` also ``batch``, the batch it was sampled in by its first id, and ``batch_size``).
 - ``generation_config.json``: template, sampling settings and model, written before the first batch;
   a restart with different settings is refused rather than mixing two distributions.
 
 Several ranks: examples are split into one shard per rank, balanced by prompt length (longest first,
 each to the least-loaded rank). Each rank appends finished batches to ``rewrites.part-<rank>.jsonl``
-(fsync'd). A restart, at any world size, repairs torn last lines, drops the records of a batch that
-is not all there (its texts were sampled together; it is generated again whole), takes every id found
+(fsync'd). A restart, at any world size, repairs torn last lines, drops the records of an ``hf`` batch
+that is not all there (its texts were sampled together; it is generated again whole), takes every id found
 in any part as done, and generates only the rest; when all ranks are through, rank 0 merges the parts
 into ``rewrites.jsonl`` in data-set order and removes them; records of a part that are already in the
 merged file are leftovers of a kill during that removal, which a restart ignores and removes. So a
@@ -36,10 +36,11 @@ from sdft.data.examples import Example
 from sdft.distributed import runtime
 from sdft.errors import StageError
 from sdft.layout import RunLayout
-from sdft.models.generation import generate_batches, generate_texts, generation_record, plan_batches
+from sdft.models.generation import choose_engine, generate_batches, generate_texts, generation_record, plan_batches
 from sdft.models.run_models import load_distill_seed
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
 from sdft.utils.faults import maybe_kill
+from sdft.utils.switches import resolve_switch
 from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, remove, repair_jsonl_tail, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,14 @@ def run_distill(ctx: RunContext) -> dict:
     return {**summary, "skipped_records": report.skipped}
 
 
-def _generation_config(cfg: RunConfig) -> dict:
+def _generation_config(cfg: RunConfig, engine: str) -> dict:
     """What the rewrites depend on, written to ``generation_config.json`` before the first batch."""
     q = cfg.quantization
     precision = (f"4-bit {q.quant_type} (double quant {q.double_quant}, compute {q.compute_dtype})"
                  if cfg.distill.quantized else cfg.model.dtype)
     d = cfg.distill
     return {"model": cfg.model.path, "dtype": cfg.model.dtype, "precision": precision, "template": d.template,
-            "cutoff_len": d.cutoff_len, **generation_record(d.sampling, d.batch_size, d.seed)}
+            "cutoff_len": d.cutoff_len, **generation_record(d.sampling, d.batch_size, d.seed, engine)}
 
 
 def balanced_shards(lengths: dict[str, int], world: int) -> list[list[str]]:
@@ -105,7 +106,15 @@ def read_done(layout: RunLayout, repair: bool = False) -> dict[str, dict]:
 def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, tok) -> dict:
     """Generate a rewrite for every example not done yet; call on every rank. Returns a summary."""
     world, rank = runtime.world_size(), runtime.rank()
-    record = _generation_config(cfg)
+    prompts, too_long = _encode(cfg, examples, tok)
+    d = cfg.distill
+    if d.mode == "zero3" and world > 1 and not d.zero3_gather:  # only generate's synced_gpus gathers per layer
+        resolve_switch("generation.engine", cfg.generation.engine, "distill.zero3_gather=false gathers each layer at "
+                       "every token, which only generate's synced_gpus does", on="continuous", off="hf")
+        engine = "hf"
+    else:
+        engine = choose_engine(cfg.generation.engine, model, prompts, d.sampling)
+    record = _generation_config(cfg, engine)
     gen_cfg = layout.generation_config
     if gen_cfg.exists() and json.loads(gen_cfg.read_text()) != record:
         raise StageError(f"{gen_cfg}: the existing rewrites were generated with other settings "
@@ -116,16 +125,6 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
         read_done(layout, repair=True)
     runtime.barrier()
     done = read_done(layout)
-
-    template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
-    prompts, too_long = {}, []
-    for ex in examples:
-        ids = encode_prompt(tok, template, ex.instruction, reference=ex.response, system=ex.system)
-        if len(ids) > cfg.distill.cutoff_len:
-            too_long.append({"id": ex.id, "rewrite": None, "prompt_tokens": len(ids),
-                             "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={cfg.distill.cutoff_len})"})
-        else:
-            prompts[ex.id] = ids
     if rank == 0:
         append_jsonl(layout.rewrites_part(0), [r for r in too_long if r["id"] not in done])
         if too_long:
@@ -135,14 +134,16 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
             log.info("distill: resuming, %d/%d examples already done", len(done), len(examples))
     shards = balanced_shards({i: len(p) for i, p in prompts.items()}, world)
     mine = {i: prompts[i] for i in shards[rank]}
-    d = cfg.distill
-    if d.mode == "zero3" and world > 1:
+    if d.mode == "zero3" and world > 1 and engine == "hf":
         _generate_zero3(cfg, model, tok, shards, prompts, set(done), layout)
     else:
-        for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
-                                      skip=set(done), desc="distill"):
-            append_jsonl(layout.rewrites_part(rank), _records(batch, prompts))
-            maybe_kill("distill_batch")
+        # ZeRO-3 with the continuous engine: the whole model is gathered once, on every rank (a collective,
+        # so also on a rank with nothing left to do), for all of this rank's prompts.
+        with _gathered(model) if d.mode == "zero3" and world > 1 else contextlib.nullcontext():
+            for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
+                                          engine=engine, skip=set(done), desc="distill"):
+                append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine))
+                maybe_kill("distill_batch")
     runtime.barrier()
     if rank == 0:
         _merge(layout, examples)
@@ -151,9 +152,32 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
             "world_size": world, "mode": cfg.distill.mode if world > 1 else "single", "generation_config": record}
 
 
-def _records(batch: dict[str, str], prompts: dict[str, list[int]]) -> list[dict]:
-    """A generated batch's records, each naming its batch (its first id) and the batch's size: the texts
-    of a batch were sampled together, so a batch is kept whole or not at all (``_whole_batches``)."""
+def _encode(cfg: RunConfig, examples: list[Example], tok) -> tuple[dict[str, list[int]], list[dict]]:
+    """The rewrite prompts by id, and the records of the examples whose prompt is too long."""
+    template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
+    prompts, too_long = {}, []
+    for ex in examples:
+        ids = encode_prompt(tok, template, ex.instruction, reference=ex.response, system=ex.system)
+        if len(ids) > cfg.distill.cutoff_len:
+            too_long.append({"id": ex.id, "rewrite": None, "prompt_tokens": len(ids),
+                             "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={cfg.distill.cutoff_len})"})
+        else:
+            prompts[ex.id] = ids
+    return prompts, too_long
+
+
+def _gathered(model):
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def _records(batch: dict[str, str], prompts: dict[str, list[int]], engine: str) -> list[dict]:
+    """A generated batch's records. With ``hf`` each names its batch (its first id) and the batch's size:
+    the texts of a batch were sampled together, so a batch is kept whole or not at all
+    (``_whole_batches``). The continuous engine's texts are each the example's own."""
+    if engine != "hf":
+        return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i])} for i, text in batch.items()]
     first = next(iter(batch))
     return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i]), "batch": first, "batch_size": len(batch)}
             for i, text in batch.items()]
@@ -208,5 +232,5 @@ def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str],
             elif not gather:  # a stand-in prompt keeps this rank in every per-layer gather
                 generate_texts(model, tok, [[tok.eos_token_id]], d.sampling, synced_gpus=True)
         if batch:
-            append_jsonl(layout.rewrites_part(rank), _records(dict(zip(batch, texts)), prompts))
+            append_jsonl(layout.rewrites_part(rank), _records(dict(zip(batch, texts)), prompts, "hf"))
             maybe_kill("distill_batch")

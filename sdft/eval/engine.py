@@ -160,7 +160,8 @@ def eval_settings(cfg: RunConfig, tok, evaluators: list[Evaluator]) -> dict:
     names = [e.name for e in evaluators]
     ev = cfg.eval
     out = {"evaluators": names, "seeds": ev.run_seeds(),
-           "generation": {k: v for k, v in generation_record(ev.sampling, ev.batch_size, None).items() if k != "seed"},
+           "generation": {k: v for k, v in generation_record(ev.sampling, ev.batch_size, None, cfg.generation.engine).items()
+                          if k != "seed"},
            "limit": ev.limit}
     if "task" in names:
         out["task"] = {"data": cfg.data.test, "template": ev.template or cfg.train.template,

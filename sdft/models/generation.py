@@ -1,10 +1,11 @@
-"""Batched generation with HF ``generate``: what distillation, every generating evaluator and the
-seed's retention answers use.
+"""Generation for every caller (distillation, every generating evaluator, the seed's retention
+answers): ``generate_batches`` runs ``generation.engine``.
 
-Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch, and
-padding is small), left-padded, and generated with HF ``generate``. The batch plan depends only on
-the full prompt list, and each batch is seeded by ``seed + batch index``, so a resumed run samples
-its remaining batches exactly as an unbroken run would.
+- ``continuous`` (``engine``): continuous batching with per-example seeds.
+- ``hf``, the reference: prompts sorted by length (longest first, so an out-of-memory shows up in the
+  first batch, and padding is small), left-padded, and generated with HF ``generate`` in static
+  batches. The batch plan depends only on the full prompt list, and each batch is seeded by
+  ``seed + batch index``, so a resumed run samples its remaining batches exactly as an unbroken run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,20 @@ from tqdm.auto import tqdm
 
 from sdft.config.schema import SamplingConfig
 from sdft.distributed import runtime
+from sdft.models.engine import ContinuousEngine, engine_blocker
+from sdft.utils.switches import resolve_switch
 
 
-def generation_record(sampling: SamplingConfig, batch_size: int, seed: int | None) -> dict:
+def generation_record(sampling: SamplingConfig, batch_size: int, seed: int | None, engine: str) -> dict:
     """The settings a set of generated texts depends on (recorded beside them, compared on resume)."""
-    return {**asdict(sampling), "seed": seed, "batch_size": batch_size}
+    return {**asdict(sampling), "seed": seed, "batch_size": batch_size, "engine": engine}
+
+
+def choose_engine(mode: str, model, prompts: dict[str, list[int]], sampling: SamplingConfig) -> str:
+    """``generation.engine`` resolved for ``model`` and these prompts: ``continuous`` or ``hf``."""
+    capacity = max((len(p) for p in prompts.values()), default=0) + sampling.max_new_tokens
+    blocker = engine_blocker(model, capacity) if mode != "hf" else None
+    return "continuous" if resolve_switch("generation.engine", mode, blocker, on="continuous", off="hf") else "hf"
 
 
 def generate_kwargs(sampling: SamplingConfig) -> dict:
@@ -65,14 +75,19 @@ def generate_texts(model, tok, seqs: list[list[int]], sampling: SamplingConfig, 
 
 
 def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
-                     seed: int, skip: set[str] | frozenset = frozenset(), desc: str = "generate",
-                     strip: bool = True) -> Iterator[dict[str, str]]:
-    """Yield ``{id: generated text}`` per batch, for every id in ``prompts`` not in ``skip``.
+                     seed: int, engine: str = "hf", skip: set[str] | frozenset = frozenset(),
+                     desc: str = "generate", strip: bool = True) -> Iterator[dict[str, str]]:
+    """Yield ``{id: generated text}`` as texts are done, for every id in ``prompts`` not in ``skip``.
 
     ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
-    special tokens), stripped of surrounding whitespace unless ``strip`` is false. Batch ``i`` of the
-    plan is sampled with seed ``seed + i``.
+    special tokens), stripped of surrounding whitespace unless ``strip`` is false. ``engine``: a
+    resolved ``choose_engine`` value. With ``continuous`` an example's text depends on (seed, id);
+    with ``hf`` batch ``i`` of the plan is sampled with seed ``seed + i``.
     """
+    if engine == "continuous":
+        todo = {i: p for i, p in prompts.items() if i not in skip}
+        yield from ContinuousEngine(model, tok, batch_size, sampling, seed).run(todo, desc=desc, strip=strip)
+        return
     batches = plan_batches(prompts, batch_size)
     todo = sum(1 for b in batches for i in b if i not in skip)
     bar = tqdm(total=todo, desc=desc, unit="ex", disable=runtime.rank() != 0 or todo == 0)
@@ -88,10 +103,10 @@ def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: Sampli
 
 
 def generate_all(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
-                 seed: int, desc: str = "generate", strip: bool = True) -> dict[str, str]:
+                 seed: int, engine: str = "hf", desc: str = "generate", strip: bool = True) -> dict[str, str]:
     """``{id: generated text}`` for every prompt (``generate_batches`` run to the end)."""
     out: dict[str, str] = {}
-    for batch in generate_batches(model, tok, prompts, sampling, batch_size=batch_size, seed=seed, desc=desc,
-                                  strip=strip):
+    for batch in generate_batches(model, tok, prompts, sampling, batch_size=batch_size, seed=seed, engine=engine,
+                                  desc=desc, strip=strip):
         out.update(batch)
     return out

@@ -37,10 +37,10 @@ import torch
 
 from sdft.config.schema import TrainConfig
 from sdft.data.tokenize import TokenizedSet, causal_lm_loss_sum, collate
-from sdft.errors import ConfigError
 from sdft.models.loading import attention_mask_for, causal_lm
 from sdft.train.batching import TokenSlots, step_token_slots
 from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step
+from sdft.utils.switches import resolve_switch
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,6 @@ class Objective(Protocol):
     def summary(self) -> dict:
         """What the objective reports in the training summary."""
 
-
-def resolve_switch(option: str, mode: str, blocker: str | None) -> bool:
-    """An ``auto|on|off`` option: ``off`` is off; ``on`` is on or a ``ConfigError`` naming what blocks it;
-    ``auto`` is on unless something blocks it (said in the log)."""
-    if mode == "off":
-        return False
-    if blocker and mode == "on":
-        raise ConfigError(f"{option}=on: {blocker}; set {option}=auto or off")
-    if blocker:
-        log.info("train: %s off (%s)", option, blocker)
-    return blocker is None
 
 # Config fields that transform the logits after lm_head in some architectures' forward.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling",

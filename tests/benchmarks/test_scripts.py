@@ -40,3 +40,12 @@ def test_loss_head_benchmark_agrees_with_torch():
                    "--impls", "torch,sdft")
     sdft = next(r for r in rows if r["impl"] == "sdft")
     assert sdft["loss_rel_err"] < 1e-5 and sdft["grad_rel_err"] < 1e-5
+
+
+def test_generation_benchmark_compares_the_same_tokens():
+    rows, out = _run("generation.py", "--shape", "tiny", "--dtype", "float32", "--prompts", "6", "--prompt", "8",
+                     "--new", "5", "--batch", "4", "--arms", "hf,continuous")
+    arms = {r["arm"]: r for r in rows if "arm" in r}
+    assert set(arms) == {"hf-dynamic", "continuous"}
+    assert arms["hf-dynamic"]["new_tokens"] == arms["continuous"]["new_tokens"] > 0  # greedy: the very same work
+    assert "continuous / hf-dynamic: new tokens/s" in out

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -65,7 +66,8 @@ def test_sigkill_mid_distill_then_rerun_equals_an_unbroken_run(tiny_config, tmp_
     assert 0 < len(partial) < 12 and not (out / "distill" / "COMPLETE.json").exists()
     resumed = run_cli("distill", str(path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming, 6/12 examples already done" in resumed.stderr
+    done = int(re.search(r"resuming, (\d+)/12 examples already done", resumed.stderr).group(1))
+    assert 0 < done < 12 and done == len(partial)
     got = {json.loads(x)["id"]: json.loads(x) for x in (out / "distill" / "rewrites.jsonl").read_text().splitlines()}
     assert len(got) == 12 == len((out / "distill" / "rewrites.jsonl").read_text().splitlines())
     assert not list((out / "distill").glob("rewrites.part-*"))
@@ -89,3 +91,19 @@ def test_a_kill_between_the_merge_and_the_removal_of_the_parts_recovers(tiny_con
     summary = distill(cfg, examples, layout, model, tiny_tok)
     assert layout.rewrites.read_text() == merged and layout.rewrites_parts() == []
     assert summary["examples"] == len(examples)
+
+
+def test_a_batch_torn_apart_by_a_kill_is_generated_again_whole(tiny_config, tiny_model_dir, tiny_tok):
+    """generate's texts depend on their batch: a batch of which a kill left only some records is dropped
+    and sampled again as a whole, so the resumed rewrites equal an unbroken run's."""
+    cfg, examples, layout = _setup(tiny_config, generation={"engine": "hf"})
+    model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
+    distill(cfg, examples, layout, model, tiny_tok)
+    unbroken = layout.rewrites.read_text()
+    records = [json.loads(x) for x in unbroken.splitlines()]
+    first_batch = records[0]["batch"]
+    assert sum(r["batch"] == first_batch for r in records) > 1
+    layout.rewrites.unlink()
+    layout.rewrites_part(0).write_text(json.dumps(next(r for r in records if r["batch"] == first_batch)) + "\n")
+    distill(cfg, examples, layout, model, tiny_tok)
+    assert layout.rewrites.read_text() == unbroken

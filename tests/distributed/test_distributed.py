@@ -43,6 +43,21 @@ def test_two_rank_distill_equals_one_rank(tiny_config, tmp_path, mode):
     assert not list((out / "distill").glob("rewrites.part-*"))
 
 
+@pytest.mark.parametrize("mode", ["replica", "zero3"])
+def test_sampled_rewrites_are_the_same_on_one_and_two_ranks(tiny_config, tmp_path, mode):
+    """The continuous engine's per-example seeds: an example's sampled text does not depend on the
+    world size, the shard it lands in, or the slots it shares."""
+    sampled = {"sampling": {"do_sample": True, "max_new_tokens": 6}, "batch_size": 3}
+    path, out = _uneven(tiny_config, distill=sampled)
+    one = run_cli("distill", str(path), f"output_dir={tmp_path / 'one'}", "generation.engine=continuous")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_torchrun(2, "distill", str(path), f"distill.mode={mode}", "generation.engine=continuous")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rewrites(tmp_path / "one"), _rewrites(out)
+    assert [(r["id"], r["rewrite"]) for r in a] == [(r["id"], r["rewrite"]) for r in b]
+    assert len({r["rewrite"] for r in a}) > 1
+
+
 def _train2(path, out, *overrides):
     """A 2-rank ``sdft train`` into ``out`` that must succeed."""
     res = run_torchrun(2, "train", str(path), f"output_dir={out}", *overrides)

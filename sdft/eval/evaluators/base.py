@@ -20,7 +20,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.layout import EvalFiles
-from sdft.models.generation import generate_all, generation_record
+from sdft.models.generation import choose_engine, generate_all, generation_record
 from sdft.utils.io import write_jsonl
 
 
@@ -49,12 +49,15 @@ class EvalContext:
                  **overrides) -> dict[str, str]:
         """``{id: text}`` for every prompt, with the eval sampling settings (``overrides`` replace some,
         e.g. an evaluator's own ``max_new_tokens``); ``seed`` seeds sampling (greedy ignores it)."""
-        return generate_all(model, self.tok, prompts, replace(self.cfg.eval.sampling, **overrides),
-                            batch_size=self.cfg.eval.batch_size, seed=seed, desc=desc, strip=strip)
+        sampling = replace(self.cfg.eval.sampling, **overrides)
+        engine = choose_engine(self.cfg.generation.engine, model, prompts, sampling)
+        return generate_all(model, self.tok, prompts, sampling, batch_size=self.cfg.eval.batch_size, seed=seed,
+                            engine=engine, desc=desc, strip=strip)
 
     def generation_key(self, **overrides) -> dict:
         """The generation settings an evaluator's results depend on (without the seed: cached per seed)."""
-        return generation_record(replace(self.cfg.eval.sampling, **overrides), self.cfg.eval.batch_size, None)
+        return generation_record(replace(self.cfg.eval.sampling, **overrides), self.cfg.eval.batch_size, None,
+                                 self.cfg.generation.engine)
 
     def output_path(self, evaluator: str, model_name: str, seed: int) -> Path:
         return self.files.output(evaluator, model_name, seed if self.cfg.eval.sampling.do_sample else None)
