@@ -29,30 +29,19 @@ from tqdm.auto import tqdm
 
 from sdft.config.schema import SamplingConfig
 from sdft.distributed import runtime
-from sdft.models.loading import attention_mask_for, causal_lm
+from sdft.models.loading import attention_mask_for, mask_blocker
 from sdft.models.sampler import example_key, next_tokens
 
 log = logging.getLogger(__name__)
 
 # Decoder families whose forward takes a 4D mask and a cache object as given (tests/models/test_engine.py).
 ENGINE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
-ENGINE_ATTENTION = ("sdpa", "eager")
 
 
 def engine_blocker(model, capacity: int) -> str | None:
     """Why the engine would not give ``generate``'s result for ``model`` at sequences up to
     ``capacity`` tokens, or None."""
-    cfg = causal_lm(model).config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    if cfg.model_type not in ENGINE_MODEL_TYPES:
-        return f"model_type {cfg.model_type!r} is not among the tested {', '.join(ENGINE_MODEL_TYPES)}"
-    attn = getattr(cfg, "_attn_implementation", None) or "eager"
-    if attn not in ENGINE_ATTENTION:
-        return f"attention {attn!r} does not take the engine's 4D mask (use sdpa or eager)"
-    window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True) and window < capacity:
-        return f"sliding-window attention (sliding_window={window} < {capacity} tokens)"
-    return None
+    return mask_blocker(model, ENGINE_MODEL_TYPES, "the engine's 4D mask", capacity)
 
 
 class SlotCache:

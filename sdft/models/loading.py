@@ -61,6 +61,27 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+MASK_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that apply a custom 4D mask as given."""
+
+
+def mask_blocker(model, model_types: tuple[str, ...], what: str, longest: int | None = None) -> str | None:
+    """Why ``model`` would not apply a custom 4D mask (``what``) exactly, or None: a model type outside the
+    tested ``model_types``, an attention that does not take 4D masks, or a sliding window (any, or one
+    shorter than ``longest`` tokens)."""
+    cfg = causal_lm(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if cfg.model_type not in model_types:
+        return f"model_type {cfg.model_type!r} is not among the tested {', '.join(model_types)}"
+    attn = getattr(cfg, "_attn_implementation", None) or "eager"
+    if attn not in MASK_ATTENTION:
+        return f"attention {attn!r} does not take {what} (use sdpa or eager)"
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and (longest is None or window < longest):
+        return f"sliding-window attention (sliding_window={window}" + (f" < {longest} tokens)" if longest else ")")
+    return None
+
+
 def attention_mask_for(model, mask: torch.Tensor) -> torch.Tensor:
     """A 4D bool mask (True: attend) as ``model``'s attention takes it: as is for sdpa, additive (0 where
     True, a large negative number where False) for eager attention, which adds its mask to the scores."""

@@ -32,25 +32,15 @@ import heapq
 import torch
 
 from sdft.data.tokenize import TokenizedSet
-from sdft.models.loading import causal_lm
+from sdft.models.loading import mask_blocker
 
 # Architectures whose attention takes the 4D block mask as given (tests/train/test_loss.py).
 PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
 def packing_blocker(model) -> str | None:
     """Why packing is not safe for ``model`` (a transformers or peft model), or None."""
-    cfg = causal_lm(model).config
-    if cfg.model_type not in PACKABLE_MODEL_TYPES:
-        return f"model_type {cfg.model_type!r} is not among the tested {', '.join(PACKABLE_MODEL_TYPES)}"
-    attn = getattr(cfg, "_attn_implementation", None) or "eager"
-    if attn not in PACKABLE_ATTENTION:
-        return f"attention {attn!r} does not take the block-diagonal mask (use sdpa or eager)"
-    window = getattr(cfg, "sliding_window", None)
-    if window and getattr(cfg, "use_sliding_window", True):
-        return f"sliding-window attention (sliding_window={window})"
-    return None
+    return mask_blocker(model, PACKABLE_MODEL_TYPES, "the block-diagonal mask")
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
