@@ -6,8 +6,11 @@ loader) when one is importable, and a regular package ``kernels`` in the reposit
 for everything started at the repository root. A plain folder never wins over an installed package.
 
 - ``fused_linear_ce``: cross-entropy of ``hidden @ weight.T`` without materialising the logits.
+- ``fused_linear_divergence``: a teacher-student divergence (forward / reverse KL, generalised JSD,
+  optionally on the teacher's top-k tokens) of two such projections, without either model's logits.
 """
 
 from sdft_kernels.fused_linear_ce import fused_linear_cross_entropy
+from sdft_kernels.fused_linear_divergence import DIVERGENCES, fused_linear_divergence
 
-__all__ = ["fused_linear_cross_entropy"]
+__all__ = ["DIVERGENCES", "fused_linear_cross_entropy", "fused_linear_divergence"]
