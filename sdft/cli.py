@@ -26,8 +26,8 @@ import traceback
 
 import yaml
 
-# Which stages each command runs, in order (names of ``sdft.pipeline.SDFT_STAGES``); compare and
-# config run no stage table of their own.
+# Which stages each command runs, in order (names of ``sdft.pipeline.SDFT_STAGES``; a table without
+# some of them, like on-policy's, runs the rest); compare and config run no stage table of their own.
 COMMANDS = {
     "run": ("distill", "filter", "train", "eval", "export"),
     "distill": ("distill", "filter"),
@@ -102,13 +102,14 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "compare":
         check_compare(ctx, args.force)
     else:
-        pipeline.check_inputs(COMMANDS[args.command], args.force)
+        stages = pipeline.command_stages(COMMANDS[args.command], args.command)
+        pipeline.check_inputs(stages, args.force)
     hold(ctx.layout, args.command)  # one run per output folder; clears what a killed run left
     write_run_record(ctx.layout, args.command, resolved)
     if args.command == "compare":
         run_compare(ctx, force=args.force)
     else:
-        pipeline.run(COMMANDS[args.command], force=args.force)
+        pipeline.run(stages, force=args.force)
     runtime.teardown()
     return 0
 

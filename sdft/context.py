@@ -27,9 +27,10 @@ class RunContext:
         self.layout = layout or RunLayout(Path(cfg.output_dir))
         self._loaded = {} if _loaded is None else _loaded
 
-    def for_arm(self, layout: RunLayout) -> "RunContext":
-        """The same config in another run folder (``sdft compare``'s vanilla arm), sharing what is loaded."""
-        return RunContext(self.cfg, layout, self._loaded)
+    def for_arm(self, layout: RunLayout, cfg: RunConfig | None = None) -> "RunContext":
+        """The same (or ``cfg``'s) config in another run folder (an arm of ``sdft compare``), sharing what
+        is loaded: the device, the tokenizer and the training examples."""
+        return RunContext(cfg or self.cfg, layout, self._loaded)
 
     def _once(self, name: str, load):
         if name not in self._loaded:

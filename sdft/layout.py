@@ -86,6 +86,10 @@ class CheckpointFiles:
     def rng(self, rank: int) -> Path:
         return self.root / f"rng_rank{rank}.pt"
 
+    def objective(self, rank: int) -> Path:
+        """The training objective's state on one rank (an on-policy EMA teacher)."""
+        return self.root / f"objective_rank{rank}.safetensors"
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -204,3 +208,8 @@ class RunLayout:
     def vanilla(self) -> "RunLayout":
         """The vanilla arm of ``sdft compare``: a run folder inside this one."""
         return RunLayout(self.root / "vanilla")
+
+    def arm(self, name: str) -> "RunLayout":
+        """The run folder of an arm of ``sdft compare``: this one for ``sdft``, a folder inside it for
+        ``vanilla`` and ``on_policy``."""
+        return self if name == "sdft" else RunLayout(self.root / name)

@@ -13,7 +13,9 @@ config is skipped; one made with another config is refused with the differing ke
 reused. Within a stage, distill and train resume after a kill (see their modules).
 
 ``VANILLA_STAGES`` is ``sdft compare``'s baseline arm: no distill stage, and a filter stage that keeps
-every original answer, so training sees the task data as it is.
+every original answer, so training sees the task data as it is. ``ON_POLICY_STAGES`` is on-policy
+self-distillation (``train.objective=on_policy``): training reads the task data itself, so there is no
+distill or filter stage; ``stages_for`` picks the table a config runs.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from sdft.context import RunContext
 from sdft.distill.distill import run_distill
 from sdft.distributed import runtime
 from sdft.config.validate import require_files
-from sdft.errors import StageError
+from sdft.errors import ConfigError, StageError
 from sdft.eval.evaluate import eval_preflight, run_eval
 from sdft.export.export import run_export
 from sdft.filter.filter import keep_originals, run_filter
-from sdft.train.recipe import run_train
+from sdft.train.recipe import run_train, run_train_on_policy
 from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,32 @@ VANILLA_STAGES = (
 )
 
 
+ON_POLICY_STAGES = (
+    Stage("train", run_train_on_policy, None, True, lambda cfg: {**cfg.training_recipe(), "data": _task_data(cfg)},
+          _reads("train", train_data=True)),
+    _EVAL, _EXPORT,
+)
+
+
+def stages_for(cfg: RunConfig) -> tuple[Stage, ...]:
+    """The stage table ``cfg`` runs: on-policy self-distillation, or SDFT's rewrite recipe."""
+    return ON_POLICY_STAGES if cfg.train.objective == "on_policy" else SDFT_STAGES
+
+
 class Pipeline:
     """Runs stages of one table in one run folder, with completion records."""
 
-    def __init__(self, ctx: RunContext, stages: tuple[Stage, ...] = SDFT_STAGES):
+    def __init__(self, ctx: RunContext, stages: tuple[Stage, ...] | None = None):
         self.ctx, self.layout = ctx, ctx.layout
-        self.stages = {s.name: s for s in stages}
+        self.stages = {s.name: s for s in (stages or stages_for(ctx.cfg))}
+
+    def command_stages(self, names: tuple[str, ...], command: str) -> tuple[str, ...]:
+        """The stages of a command (``names``) this table has; a command left with none is refused."""
+        mine = tuple(n for n in names if n in self.stages)
+        if not mine:
+            raise ConfigError(f"`sdft {command}`: train.objective={self.ctx.cfg.train.objective} has no "
+                              f"{' or '.join(names)} stage (its stages: {', '.join(self.stages)})")
+        return mine
 
     def run(self, names: list[str] | tuple[str, ...], force: bool = False) -> None:
         """Run ``names`` in order. ``force`` redoes the first of them and everything after it in the

@@ -94,7 +94,8 @@ def tiny_config(tmp_path, tiny_model_dir):
             "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 8}},
             "filter": {"gates": ["ban_list", "math"]},
             "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "lr": 1e-3,
-                      "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512},
+                      "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512,
+                      "on_policy": {"sampling": {"max_new_tokens": 8}}},
             "eval": {"sampling": {"max_new_tokens": 8}, "batch_size": 4, "retention_max_new_tokens": 8},
         }
         for name, values in sections.items():

@@ -11,6 +11,6 @@ for everything started at the repository root. A plain folder never wins over an
 """
 
 from sdft_kernels.fused_linear_ce import fused_linear_cross_entropy
-from sdft_kernels.fused_linear_divergence import DIVERGENCES, fused_linear_divergence
+from sdft_kernels.fused_linear_divergence import DIVERGENCES, fused_linear_divergence, token_divergence
 
-__all__ = ["DIVERGENCES", "fused_linear_cross_entropy", "fused_linear_divergence"]
+__all__ = ["DIVERGENCES", "fused_linear_cross_entropy", "fused_linear_divergence", "token_divergence"]

@@ -68,6 +68,24 @@ def _triton_divergence_grad(s: torch.Tensor, t: torch.Tensor, kind: str, beta: f
     return s, divergence_grad_(s, t.contiguous(), DIVERGENCES.index(kind), beta, scale).sum()
 
 
+def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, divergence: str = "forward_kl",
+                     beta: float = 0.5, top_k: int = 0) -> torch.Tensor:
+    """The unfused form, with autograd through ``student_logits``: per-token divergence [N] of logits
+    [N, V] (float32 math; float64 for float64 logits). The teacher side is detached."""
+    math_dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    s, t = student_logits.to(math_dtype), teacher_logits.detach().to(math_dtype)
+    if top_k and top_k < s.shape[-1]:
+        support = t.topk(top_k, dim=-1).indices
+        s, t = s.gather(1, support), t.gather(1, support)
+    ls, lt = s.log_softmax(dim=-1), t.log_softmax(dim=-1)
+    if divergence == "forward_kl":
+        return (lt.exp() * (lt - ls)).sum(-1)
+    if divergence == "reverse_kl":
+        return (ls.exp() * (ls - lt)).sum(-1)
+    lm = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))
+    return beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
+
+
 class _ChunkedLinearDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, mask, kind, beta, top_k, reduction, chunk_rows, impl):

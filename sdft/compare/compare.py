@@ -1,22 +1,26 @@
-"""``sdft compare``: vanilla fine-tuning vs SDFT from one config, and the forgetting report.
+"""``sdft compare``: vanilla fine-tuning, SDFT and on-policy SDFT from one config (``compare.arms``),
+and the forgetting report.
 
-    <output_dir>/distill, filter, train       the SDFT arm (the same folders as ``sdft run``, so a
-                                              finished run is reused, not redone)
+    <output_dir>/distill, filter, train       the sdft arm (the same folders as ``sdft run`` with
+                                              ``train.objective=sft``, so a finished run is reused)
     <output_dir>/vanilla/filter, train        the vanilla arm: original answers, same train config,
                                               seed and data order (it simply skips distillation)
+    <output_dir>/on_policy/train              the on_policy arm: on-policy self-distillation on the
+                                              task data, same train config, seed and data order
     <output_dir>/compare/report.md, report.json, plots/*.png
     <output_dir>/compare/results/<model>.json, outputs/, seed_responses.jsonl
 
-Both arms are ``Pipeline`` runs of their stage tables, so they resume and skip like ``sdft run``'s;
-the evaluation (``sdft.eval.engine.evaluate``, as ``sdft eval``) caches each model's results, so a
-rerun after a kill redoes only what is missing. Training runs on every rank; evaluation and the
-report on rank 0 while the others wait.
+Each arm is a ``Pipeline`` run of its stage table with ``train.objective`` set for it, so arms resume
+and skip like ``sdft run``'s; the evaluation (``sdft.eval.engine.evaluate``, as ``sdft eval``) caches
+each model's results, so a rerun after a kill redoes only what is missing. Training runs on every
+rank; evaluation and the report on rank 0 while the others wait.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict, replace
 
 from sdft.compare.report import write_report
 from sdft.context import RunContext
@@ -25,21 +29,30 @@ from sdft.eval.engine import eval_settings, evaluate
 from sdft.eval.evaluate import eval_preflight
 from sdft.eval.evaluators import EvalContext
 from sdft.layout import EvalFiles
-from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
+from sdft.pipeline import ON_POLICY_STAGES, SDFT_STAGES, VANILLA_STAGES, Pipeline
 
 log = logging.getLogger(__name__)
 
-ARM_STAGES = {"sdft": ("distill", "filter", "train"), "vanilla": ("filter", "train")}
+# arm -> (its stage table, the stages compare runs, its train.objective)
+ARM_TABLES = {"vanilla": (VANILLA_STAGES, ("filter", "train"), "sft"),
+              "sdft": (SDFT_STAGES, ("distill", "filter", "train"), "sft"),
+              "on_policy": (ON_POLICY_STAGES, ("train",), "on_policy")}
 
 
 def _arms(ctx: RunContext) -> dict[str, Pipeline]:
-    return {"sdft": Pipeline(ctx, SDFT_STAGES), "vanilla": Pipeline(ctx.for_arm(ctx.layout.vanilla), VANILLA_STAGES)}
+    """The arms of ``compare.arms``, in that order, each in its run folder with its objective."""
+    out = {}
+    for name in ctx.cfg.compare.arms:
+        table, _, objective = ARM_TABLES[name]
+        cfg = replace(ctx.cfg, train=replace(ctx.cfg.train, objective=objective))
+        out[name] = Pipeline(ctx.for_arm(ctx.layout.arm(name), cfg), table)
+    return out
 
 
 def check_compare(ctx: RunContext, force: bool = False) -> None:
     """Every input of both arms and of the evaluation, checked before the first stage of either arm."""
     for name, pipeline in _arms(ctx).items():
-        pipeline.check_inputs(ARM_STAGES[name], force)
+        pipeline.check_inputs(ARM_TABLES[name][1], force)
     eval_preflight(ctx.cfg)
 
 
@@ -48,7 +61,7 @@ def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
     check_compare(ctx, force)
     arms = _arms(ctx)
     for name, pipeline in arms.items():
-        pipeline.run(ARM_STAGES[name], force=force)
+        pipeline.run(ARM_TABLES[name][1], force=force)
     report = None
     if runtime.is_main():
         if force:
@@ -59,7 +72,7 @@ def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
 
 
 def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> dict:
-    """What the report says about an arm: its filter counts, final loss and stage times."""
+    """What the report says about an arm: its filter counts, final loss, objective and stage times."""
     facts = {}
     for stage in stages:
         record = pipeline.record(stage)
@@ -68,16 +81,16 @@ def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> di
         if stage == "filter" and not vanilla:
             facts["rewrites_kept"] = f"{summary['accepted']}/{summary['total']}"
         if stage == "train":
-            facts.update({k: summary[k] for k in ("steps", "final_loss", "examples") if k in summary})
+            facts.update({k: summary[k] for k in ("objective", "steps", "final_loss", "examples") if k in summary})
     return facts
 
 
-def paired_outcomes(ctx: RunContext, evaluators, files: EvalFiles) -> dict[str, dict[str, list[bool]]]:
-    """``{metric: {arm: [yes/no per item]}}`` of both arms, items in the same order (seeds pooled)."""
+def paired_outcomes(ctx: RunContext, evaluators, files: EvalFiles, arms: list[str]) -> dict[str, dict[str, list[bool]]]:
+    """``{metric: {arm: [yes/no per item]}}`` of every arm, items in the same order (seeds pooled)."""
     ectx = EvalContext(ctx.cfg, ctx.tok, ctx.device, files)
     paired: dict[str, dict[str, list[bool]]] = {}
     for ev in evaluators:
-        for arm in ("vanilla", "sdft"):
+        for arm in arms:
             for seed in ctx.cfg.eval.run_seeds(ev.sampled):
                 for metric, items in ev.paired_outcomes(ectx, arm, seed).items():
                     paired.setdefault(metric, {}).setdefault(arm, []).extend(items)
@@ -86,18 +99,22 @@ def paired_outcomes(ctx: RunContext, evaluators, files: EvalFiles) -> dict[str, 
 
 def _evaluate_and_report(ctx: RunContext, arms: dict[str, Pipeline]) -> dict:
     cfg, files = ctx.cfg, ctx.layout.compare
-    results, evaluators = evaluate(ctx, files, {"vanilla": arms["vanilla"].layout, "sdft": ctx.layout})
-    facts = {name: _arm_facts(arms[name], ARM_STAGES[name], vanilla=name == "vanilla") for name in ("vanilla", "sdft")}
+    results, evaluators = evaluate(ctx, files, {name: pipeline.layout for name, pipeline in arms.items()})
+    facts = {name: _arm_facts(pipeline, ARM_TABLES[name][1], vanilla=name == "vanilla")
+             for name, pipeline in arms.items()}
     settings = {"model": cfg.model.path, "train_data": cfg.data.train, "train": {
         k: getattr(cfg.train, k) for k in ("method", "template", "epochs", "max_steps", "lr", "lora_r",
                                            "lora_targets", "micro_batch_size", "grad_accum", "seed")},
                 "distill": {"template": cfg.distill.template, "seed": cfg.distill.seed,
                             **{k: getattr(cfg.distill.sampling, k) for k in ("do_sample", "temperature", "top_p")}},
                 "filter_gates": cfg.filter.gates, "eval": eval_settings(cfg, ctx.tok, evaluators)}
-    report = write_report(files, results, evaluators, settings, facts, paired_outcomes(ctx, evaluators, files))
+    if "on_policy" in arms:
+        settings["on_policy"] = asdict(cfg.train.on_policy)
+    report = write_report(files, results, evaluators, settings, facts,
+                          paired_outcomes(ctx, evaluators, files, list(arms)))
     log.info("compare: report in %s", files.report_md)
-    for metric, verdict in report["verdict"].items():
-        log.info("compare: %-28s seed %s  vanilla %s  sdft %s  (%s)", metric,
-                 *(f"{report['models'][m].get(metric, float('nan')):.4g}" for m in ("seed", "vanilla", "sdft")),
-                 verdict)
+    for metric in next(iter(report["verdict"].values()), {}):
+        values = "  ".join(f"{m} {v.get(metric, float('nan')):.4g}" for m, v in report["models"].items())
+        verdicts = "; ".join(f"{arm}: {v[metric]}" for arm, v in report["verdict"].items())
+        log.info("compare: %-28s %s  (vs %s: %s)", metric, values, report["baseline"], verdicts)
     return report

@@ -1,9 +1,10 @@
 """The forgetting report of ``sdft compare``: ``report.json``, ``report.md`` and PNG plots.
 
-Every metric is shown for the seed and both arms with its spread: the standard deviation over
+Every metric is shown for the seed and each arm (vanilla, sdft, on_policy, those compared) with its spread: the standard deviation over
 ``eval.seeds`` when sampling, else the standard error the evaluator measured (retention: over
 prompts), else, for a proportion (accuracy, refusal rate, pass@1), the binomial standard error
-sqrt(p (1 - p) / n). A difference between the arms is called "within noise" when it is
+sqrt(p (1 - p) / n). Each arm is judged against the baseline (vanilla, when compared): a difference is
+called "within noise" when it is
 smaller than twice the combined spread, or, for yes/no outcomes on the same items (task answers,
 refusals, HumanEval problems), when the exact McNemar test on the paired outcomes gives p >= 0.05;
 so that a few lucky examples are not read as a finding.
@@ -20,7 +21,17 @@ from sdft.eval.evaluators import Evaluator, Metric
 from sdft.layout import EvalFiles
 from sdft.utils.io import atomic_write_json, atomic_write_text
 
-ARMS = ("vanilla", "sdft")
+BASELINE = "vanilla"
+
+
+def arms_of(results: dict[str, dict]) -> list[str]:
+    """The trained arms of ``results`` (every model but the seed), in order."""
+    return [name for name in results if name != "seed"]
+
+
+def baseline_of(arms: list[str]) -> str:
+    """The arm the others are judged against: vanilla fine-tuning when compared, else the first arm."""
+    return BASELINE if BASELINE in arms else arms[0]
 
 
 def spread(result: dict, metric: str, info: Metric) -> float | None:
@@ -36,39 +47,41 @@ def spread(result: dict, metric: str, info: Metric) -> float | None:
     return None
 
 
-def mcnemar_p(vanilla: list[bool], sdft: list[bool]) -> float:
-    """Exact two-sided McNemar p-value for paired yes/no outcomes of the two arms on the same items."""
-    only_sdft = sum(s and not v for v, s in zip(vanilla, sdft))
-    only_vanilla = sum(v and not s for v, s in zip(vanilla, sdft))
-    n = only_sdft + only_vanilla
+def mcnemar_p(first: list[bool], second: list[bool]) -> float:
+    """Exact two-sided McNemar p-value for paired yes/no outcomes of two arms on the same items."""
+    only_second = sum(s and not f for f, s in zip(first, second))
+    only_first = sum(f and not s for f, s in zip(first, second))
+    n = only_second + only_first
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_sdft, only_vanilla) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(only_second, only_first) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
 
 
-def verdict(results: dict[str, dict], metric: str, info: Metric, paired: dict | None = None) -> str:
-    """Which arm did better on ``metric``, or "within noise".
+def verdict(results: dict[str, dict], metric: str, info: Metric, paired: dict | None = None,
+            pair: tuple[str, str] = ("vanilla", "sdft")) -> str:
+    """Which of the two arms of ``pair`` (baseline, challenger) did better on ``metric``, or "within noise".
 
     With ``paired`` outcomes (``{arm: [bool per item]}``, the same items in the same order) the exact
     McNemar test decides (p < 0.05); otherwise the difference must exceed twice the combined spread.
     """
-    a, b = (results[arm]["metrics"].get(metric) for arm in ARMS)
+    base, arm = pair
+    a, b = (results[name]["metrics"].get(metric) for name in pair)
     if a is None or b is None or info.higher_is_better is None:
         return ""
     if a == b:
         return "equal"
-    if paired and all(arm in paired for arm in ARMS) and len(paired["vanilla"]) == len(paired["sdft"]):
-        p = mcnemar_p(paired["vanilla"], paired["sdft"])
+    winner = arm if (b > a) == info.higher_is_better else base
+    if paired and all(name in paired for name in pair) and len(paired[base]) == len(paired[arm]):
+        p = mcnemar_p(paired[base], paired[arm])
         if p >= 0.05:
             return f"within noise (McNemar p={p:.2g})"
-        return f"{'sdft' if (b > a) == info.higher_is_better else 'vanilla'} better (McNemar p={p:.2g})"
-    sa, sb = (spread(results[arm], metric, info) for arm in ARMS)
+        return f"{winner} better (McNemar p={p:.2g})"
+    sa, sb = (spread(results[name], metric, info) for name in pair)
     noise = 2 * math.hypot(sa or 0.0, sb or 0.0)
     if abs(b - a) <= noise:
         return "within noise"
-    better = (b > a) == info.higher_is_better
-    return "sdft better" if better else "vanilla better"
+    return f"{winner} better"
 
 
 def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings: dict, arms: dict,
@@ -79,13 +92,17 @@ def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings
     info = {m: describe(evaluators, m) for m in metrics}
     scored = [m for m in metrics if info[m].higher_is_better is not None]
     seed = results["seed"]["metrics"]
+    arms_run = arms_of(results)
+    base = baseline_of(arms_run)
     return {
         "models": {name: r["metrics"] for name, r in results.items()},
         "spread": {name: {m: spread(r, m, info[m]) for m in scored if spread(r, m, info[m]) is not None}
                    for name, r in results.items()},
         "delta_vs_seed": {arm: {m: results[arm]["metrics"][m] - seed[m] for m in scored
-                                if m in seed and m in results[arm]["metrics"]} for arm in ARMS},
-        "verdict": {m: verdict(results, m, info[m], paired.get(m)) for m in scored},
+                                if m in seed and m in results[arm]["metrics"]} for arm in arms_run},
+        "baseline": base,
+        "verdict": {arm: {m: verdict(results, m, info[m], paired.get(m), (base, arm)) for m in scored}
+                    for arm in arms_run if arm != base},
         "metrics": {m: {"label": info[m].label, "higher_is_better": info[m].higher_is_better, "se": info[m].se}
                     for m in metrics},
         "per_seed": {name: r["per_seed"] for name, r in results.items()},
@@ -104,23 +121,28 @@ def _fmt(value: float | None, sd: float | None = None) -> str:
 def render_markdown(report: dict) -> str:
     """``report.md``: the table, the arms' training facts and the settings."""
     models = list(report["models"])
-    lines = ["# Forgetting report: vanilla fine-tuning vs SDFT", "",
-             "Each arm is fine-tuned from the seed with the same config, seed and data order; the vanilla arm "
-             "trains on the original answers, the SDFT arm on the distilled ones. ± is the spread: the standard "
+    arms, base = list(report["delta_vs_seed"]), report["baseline"]
+    challengers = list(report["verdict"])
+    lines = [f"# Forgetting report: {', '.join(arms)}", "",
+             "Each arm is fine-tuned from the seed with the same config, seed and data order: the vanilla arm "
+             "on the original answers, the sdft arm on the distilled ones, the on_policy arm by on-policy "
+             "self-distillation on the task data. ± is the spread: the standard "
              "deviation over sampling seeds, else the standard error the evaluator measured (retention: over "
-             "prompts), else, for a proportion, its binomial standard error. \"within noise\": for yes/no "
+             "prompts), else, for a proportion, its binomial standard error. Each verdict judges an arm against "
+             f"{base}; \"within noise\": for yes/no "
              "outcomes on the same items, the exact McNemar test on the paired outcomes gives p >= 0.05; "
              "otherwise the arms differ by less than twice their combined spread.", "",
-             "| metric | better | " + " | ".join(models) + " | vanilla − seed | sdft − seed | verdict |",
-             "|---|---|" + "---|" * len(models) + "---|---|---|"]
+             "| metric | better | " + " | ".join(models) + " | " + " | ".join(f"{a} − seed" for a in arms)
+             + "".join(f" | {a} vs {base}" for a in challengers) + " |",
+             "|---|---|" + "---|" * (len(models) + len(arms) + len(challengers))]
     for m, info in report["metrics"].items():
         if info["higher_is_better"] is None:
             continue
         cells = [_fmt(report["models"][n].get(m), report["spread"][n].get(m)) for n in models]
-        deltas = [_fmt(report["delta_vs_seed"][arm].get(m)) for arm in ARMS]
+        deltas = [_fmt(report["delta_vs_seed"][arm].get(m)) for arm in arms]
         arrow = "↑" if info["higher_is_better"] else "↓"
         lines.append(f"| {info['label']} | {arrow} | " + " | ".join(cells) + " | " + " | ".join(deltas)
-                     + f" | {report['verdict'].get(m, '')} |")
+                     + "".join(f" | {report['verdict'][a].get(m, '')}" for a in challengers) + " |")
     shown_as_spread = {i.get("se") for i in report["metrics"].values()}
     counts = [m for m, i in report["metrics"].items() if i["higher_is_better"] is None and m not in shown_as_spread]
     if counts:
@@ -151,7 +173,8 @@ def plot(report: dict, evaluators: list[Evaluator], files: EvalFiles) -> list[Pa
         for ax, m in zip(axes[0], metrics):
             values = [report["models"][n].get(m, float("nan")) for n in models]
             errors = [report["spread"][n].get(m, 0.0) for n in models]
-            ax.bar(models, values, yerr=errors, capsize=4, color=["#888888", "#d08c3f", "#3f7fd0"][:len(models)])
+            ax.bar(models, values, yerr=errors, capsize=4,
+                   color=["#888888", "#d08c3f", "#3f7fd0", "#4fa35a"][:len(models)])
             info = report["metrics"][m]
             ax.set_title(f"{info['label']} ({'higher' if info['higher_is_better'] else 'lower'} is better)",
                          fontsize=9)

@@ -128,10 +128,56 @@ class FilterConfig:
     """Built-in names (ban_list, math, function_call, python_code, magicoder) or ``module:function``."""
 
 
+# The teacher's prompt of Shenfeld et al. (2026): the question, the demonstration shown as an example
+# response, then the request to answer in its own words. Rendered by ``train.template`` like any instruction.
+PAPER_TEACHER_TEMPLATE = ("{instruction}\n\nThis is an example for a response to the question:\n{demonstration}\n\n"
+                          "Now answer with a response of your own, including the thinking process.")
+
+
+@dataclass
+class OnPolicyConfig:
+    """``train.objective=on_policy``: on-policy self-distillation (Shenfeld et al., 2026). At every step
+    the model samples answers to the step's prompts (the student), and the same network shown the
+    demonstration (the teacher) scores every sampled token; the loss is a per-token divergence over
+    the vocabulary between the two. Defaults are the authors'."""
+
+    teacher: Literal["seed", "ema"] = "seed"
+    """Teacher weights: ``seed`` (frozen; under LoRA the base with adapters disabled, no second copy)
+    or ``ema`` (an exponential moving average of the student, updated after every step; under LoRA an
+    average of the adapters only)."""
+    ema_rate: float = 0.01
+    """``ema``: teacher <- (1 - rate) teacher + rate student after every optimizer step."""
+    teacher_template: str = PAPER_TEACHER_TEMPLATE
+    """The teacher's instruction, with ``{instruction}`` and ``{demonstration}`` (the reference answer)
+    placeholders; ``train.template`` renders it as it renders the student's instruction."""
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    """Per-token divergence: ``forward_kl`` KL(teacher || student) (what the authors' results used),
+    ``reverse_kl`` KL(student || teacher) (the paper's equation), or ``jsd``, the generalised
+    Jensen-Shannon divergence with mixing weight ``jsd_beta``."""
+    jsd_beta: float = 0.5
+    """``jsd``: beta KL(teacher || M) + (1 - beta) KL(student || M), M = beta teacher + (1 - beta) student."""
+    top_k: int = 0
+    """Score only each token's top-k teacher tokens, both distributions renormalised over them (0: the
+    whole vocabulary)."""
+    skip_first: int = 3
+    """Leave the first N tokens of each sampled answer out of the loss (the authors' code: 3)."""
+    samples_per_prompt: int = 1
+    """Answers sampled per prompt at each step."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=256, do_sample=True, temperature=1.0, top_p=1.0, top_k=0))
+    """The student's sampling (the authors': temperature 1, no truncation). The sample of example
+    ``e`` at step ``s`` depends only on (``train.seed``, e's id, s) and the weights."""
+
+
 @dataclass
 class TrainConfig:
-    """Step 3: supervised fine-tuning on the filtered data. Defaults are the paper's LoRA recipe."""
+    """Step 3: fine-tuning. Defaults are the paper's LoRA recipe."""
 
+    objective: Literal["sft", "on_policy"] = "sft"
+    """``sft``: supervised fine-tuning on the filter stage's answers (SDFT's rewrite recipe, or vanilla
+    fine-tuning in ``sdft compare``); ``on_policy``: on-policy self-distillation on the task data
+    (``train.on_policy``), with no distill or filter stage."""
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     method: Literal["lora", "full", "qlora"] = "lora"
     """``lora``: train adapters only; ``full``: train every weight; ``qlora``: LoRA adapters on a base
     quantized to 4 bits at load (bitsandbytes, the ``quantization`` settings), norms and head kept in
@@ -283,6 +329,20 @@ class ExportConfig:
     else ``model.dtype``."""
 
 
+ARMS = ("vanilla", "sdft", "on_policy")
+
+
+@dataclass
+class CompareConfig:
+    """``sdft compare``: which arms are trained from one config and judged in one report."""
+
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    """Any of ``vanilla`` (fine-tuning on the original answers; the baseline the others are judged
+    against), ``sdft`` (SDFT's rewrite recipe: distill, filter, fine-tune) and ``on_policy`` (on-policy
+    self-distillation, ``train.on_policy``). The ``train`` section serves every arm; each arm sets
+    ``train.objective`` itself."""
+
+
 @dataclass
 class RunConfig:
     """A whole SDFT run: every stage reads its section and writes under ``output_dir``."""
@@ -300,12 +360,19 @@ class RunConfig:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def training_recipe(self) -> dict:
-        """The settings a trained model depends on beyond its data: the model, ``train``, and the
-        ``quantization`` section when the base is trained in 4 bits (stage records and checkpoints
-        compare it)."""
-        out = {"model": asdict(self.model), "train": asdict(self.train)}
+        """The settings a trained model depends on beyond its data: the model, ``train`` (with
+        ``train.on_policy`` only for that objective), and the ``quantization`` section when the base is
+        trained in 4 bits (stage records and checkpoints compare it). On-policy sampling goes through
+        ``generation.engine``, so it is part of that objective's recipe."""
+        train = asdict(self.train)
+        if self.train.objective != "on_policy":
+            del train["on_policy"]  # its settings do not touch an SFT run
+        out = {"model": asdict(self.model), "train": train}
         if self.train.method == "qlora":
             out["quantization"] = asdict(self.quantization)
+        if self.train.objective == "on_policy":
+            out["generation"] = asdict(self.generation)
         return out

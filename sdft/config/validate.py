@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sdft.config.schema import EVALUATORS, RunConfig
+from sdft.config.schema import ARMS, EVALUATORS, RunConfig
 from sdft.errors import ConfigError
 from sdft.gates import resolve_gate, task_checker
 
@@ -39,18 +39,44 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("train.epochs and train.max_steps are both 0: set one of them")
     if not t.lora_targets and t.method in ("lora", "qlora"):
         raise ConfigError("train.lora_targets is empty: name modules (e.g. [q_proj, v_proj]) or [all-linear]")
-    for section in ("distill", "eval"):
-        s = getattr(cfg, section).sampling
+    for section in ("distill", "eval", "train.on_policy"):
+        s = _get(cfg, section).sampling
         if s.do_sample and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
             raise ConfigError(f"{section}.sampling: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
+    _validate_on_policy(cfg)
     if cfg.distill.quantized and cfg.distill.mode == "zero3":
         raise ConfigError("distill.quantized=true with distill.mode=zero3: generate 4-bit in replica mode "
                           "(a 4-bit model fits where ZeRO-3 partitioning was needed)")
     _validate_gates(cfg)
     _validate_evaluators(cfg)
+    arms = cfg.compare.arms
+    if not arms or len(set(arms)) != len(arms) or any(a not in ARMS for a in arms):
+        raise ConfigError(f"compare.arms={arms}: name one or more distinct arms of {list(ARMS)}")
     if not cfg.output_dir:
         raise ConfigError("output_dir is empty: name a folder for the run's outputs")
     return cfg
+
+
+def _validate_on_policy(cfg: RunConfig) -> None:
+    o = cfg.train.on_policy
+    _positive(cfg, "train.on_policy.samples_per_prompt", "train.on_policy.sampling.max_new_tokens")
+    _non_negative(cfg, "train.on_policy.top_k", "train.on_policy.skip_first")
+    if not 0.0 < o.ema_rate <= 1.0:
+        raise ConfigError(f"train.on_policy.ema_rate={o.ema_rate}: expected a rate in (0, 1]")
+    if o.divergence == "jsd" and not 0.0 < o.jsd_beta < 1.0:
+        raise ConfigError(f"train.on_policy.jsd_beta={o.jsd_beta}: expected a mixing weight strictly between 0 "
+                          "and 1 (0 and 1 are divergence=forward_kl and reverse_kl)")
+    if o.skip_first >= o.sampling.max_new_tokens:
+        raise ConfigError(f"train.on_policy.skip_first={o.skip_first} leaves no token of an answer of at most "
+                          f"train.on_policy.sampling.max_new_tokens={o.sampling.max_new_tokens} in the loss")
+    for name in ("instruction", "demonstration"):
+        if "{" + name + "}" not in o.teacher_template:
+            raise ConfigError(f"train.on_policy.teacher_template has no {{{name}}} placeholder")
+    try:
+        o.teacher_template.format(instruction="", demonstration="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"train.on_policy.teacher_template: {e!r}: only {{instruction}} and {{demonstration}} "
+                          "may appear in braces (write {{ and }} for literal braces)") from None
 
 
 def _validate_gates(cfg: RunConfig) -> None:

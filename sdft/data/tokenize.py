@@ -58,17 +58,21 @@ def tokenize_rows(rows: list[dict], tok, template: str, cutoff_len: int | None =
     return out
 
 
+def right_pad(seqs: list[list[int]], pad_id: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, T] ``seqs`` right-padded with ``fill`` (default ``pad_id``), [B, T] attention mask)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id if fill is None else fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, :len(s)] = 1
+    return ids, mask
+
+
 def collate(data: TokenizedSet, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (each [B, T])."""
-    width = max(len(data.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(indices), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        ids[row, :n] = torch.tensor(data.input_ids[i])
-        labels[row, :n] = torch.tensor(data.labels[i])
-        mask[row, :n] = 1
+    ids, mask = right_pad([data.input_ids[i] for i in indices], pad_id)
+    labels, _ = right_pad([data.labels[i] for i in indices], pad_id, fill=-100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

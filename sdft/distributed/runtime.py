@@ -79,6 +79,15 @@ def all_reduce_sum(value: float | int, device: torch.device | str = "cpu") -> fl
     return t.item()
 
 
+def all_reduce_sums(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Sum several Python numbers over ranks in one collective (identity on one process)."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def teardown() -> None:
     """Leave the process group cleanly (barrier first, so no rank exits while others still talk)."""
     if dist.is_initialized():

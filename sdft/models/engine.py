@@ -112,10 +112,17 @@ class ContinuousEngine:
         self.device = next(model.parameters()).device
         self.new_tokens = 0  # tokens generated so far, for the log and the benchmarks
 
-    @torch.no_grad()
     def run(self, prompts: dict[str, list[int]], desc: str = "generate", strip: bool = True) -> Iterator[dict[str, str]]:
         """Yield ``{id: text}`` as rows finish (decoded new tokens, no specials; stripped unless
         ``strip`` is false). Prompts enter longest first."""
+        for done in self.run_ids(prompts, desc):
+            texts = {i: self.tok.decode(ids, skip_special_tokens=True) for i, ids in done.items()}
+            yield {i: t.strip() for i, t in texts.items()} if strip else texts
+
+    @torch.no_grad()
+    def run_ids(self, prompts: dict[str, list[int]], desc: str = "generate") -> Iterator[dict[str, list[int]]]:
+        """Yield ``{id: new token ids}`` as rows finish (ending with the end-of-sequence token that ended
+        the row, if one did). Prompts enter longest first; an empty ``desc`` shows no progress bar."""
         if not prompts:
             return
         queue = sorted(prompts, key=lambda i: (-len(prompts[i]), i))
@@ -125,20 +132,20 @@ class ContinuousEngine:
         if prefix:
             self._prefix(cache, prompts[queue[0]][:prefix])
         refill = max(1, self.slots // 4)  # refill in groups: each prefill forward reads every weight once
-        bar = tqdm(total=len(queue), desc=desc, unit="ex", disable=not runtime.is_main())
+        bar = tqdm(total=len(queue), desc=desc, unit="ex", disable=not runtime.is_main() or not desc)
         while queue or rows.n:
             free = self.slots - rows.n
             if queue and (free >= min(refill, len(queue)) or rows.n == 0):
                 group, queue = queue[:free], queue[free:]
                 logits = self._prefill(cache, rows, group, [prompts[i] for i in group], prefix)
-                if not cache.logged:
-                    log.info("generate: %d slots, KV cache %.1f MiB (capacity %d tokens per slot, %d-token shared "
+                if not cache.logged:  # said once per run; a quiet run (no progress bar) says it at debug level
+                    log.log(logging.INFO if desc else logging.DEBUG, "generate: %d slots, KV cache %.1f MiB (capacity %d tokens per slot, %d-token shared "
                              "prefix)", self.slots, cache.bytes() / 2**20, capacity, prefix)
                     cache.logged = True
-                done = self._advance(logits, rows, range(rows.n, rows.n + len(group)), strip)
+                done = self._advance(logits, rows, range(rows.n, rows.n + len(group)))
                 rows.n += len(group)
             else:
-                done = self._advance(self._decode(cache, rows), rows, range(rows.n), strip)
+                done = self._advance(self._decode(cache, rows), rows, range(rows.n))
             rows.compact(cache)
             if done:
                 bar.update(len(done))
@@ -199,9 +206,9 @@ class ContinuousEngine:
         rows.next_pos[:n] += 1
         return out.logits[:, -1]
 
-    def _advance(self, logits: torch.Tensor, rows: "_Rows", slots: range, strip: bool) -> dict[str, str]:
+    def _advance(self, logits: torch.Tensor, rows: "_Rows", slots: range) -> dict[str, list[int]]:
         """Draw each slot's next token; finish rows at an end-of-sequence token or their token budget.
-        Returns the finished rows' texts (their slots are freed; ``compact`` closes the gaps)."""
+        Returns the finished rows' new tokens (their slots are freed; ``compact`` closes the gaps)."""
         idx = torch.tensor(list(slots), dtype=torch.long)
         steps = torch.tensor([len(rows.new[r]) for r in slots], dtype=torch.long)
         tokens = next_tokens(logits, self.sampling, rows.keys[idx], steps).tolist()
@@ -211,8 +218,7 @@ class ContinuousEngine:
         for r, t in zip(slots, tokens):
             rows.new[r].append(t)
             if t in self.eos or len(rows.new[r]) >= self.sampling.max_new_tokens:
-                text = self.tok.decode(rows.new[r], skip_special_tokens=True)
-                done[rows.owner[r]] = text.strip() if strip else text
+                done[rows.owner[r]] = rows.new[r]
                 rows.owner[r] = None
         return done
 

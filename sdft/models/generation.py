@@ -62,16 +62,43 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
+def _generate(model, tok, seqs: list[list[int]], sampling: SamplingConfig, synced_gpus: bool = False) -> tuple[torch.Tensor, list]:
+    """HF ``generate`` on one left-padded batch: ([B, new] new token ids, padded after a row's end; the
+    end-of-sequence ids)."""
+    ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
+    eos = model.generation_config.eos_token_id or tok.eos_token_id
+    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+                         synced_gpus=synced_gpus, **generate_kwargs(sampling))
+    return out[:, ids.shape[1]:], eos if isinstance(eos, (list, tuple)) else [eos]
+
+
 def generate_texts(model, tok, seqs: list[list[int]], sampling: SamplingConfig, synced_gpus: bool = False,
                    strip: bool = True) -> list[str]:
     """Generate for one batch of prompt ids; returns the new tokens' text (no specials; stripped
     unless ``strip`` is false, e.g. for code completions whose first line's indentation matters)."""
-    ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
-    out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id,
-                         eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id,
-                         synced_gpus=synced_gpus, **generate_kwargs(sampling))
-    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    new, _ = _generate(model, tok, seqs, sampling, synced_gpus)
+    texts = tok.batch_decode(new, skip_special_tokens=True)
     return [t.strip() for t in texts] if strip else texts
+
+
+def sample_token_ids(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
+                     seed: int, engine: str) -> dict[str, list[int]]:
+    """``{id: new token ids}`` for every prompt, each ending with the end-of-sequence token that ended it
+    (if one did), without a progress bar: the on-policy objective's samples at each step. ``engine``
+    as in ``generate_batches``."""
+    if engine == "continuous":
+        out: dict[str, list[int]] = {}
+        for done in ContinuousEngine(model, tok, batch_size, sampling, seed).run_ids(prompts, desc=""):
+            out.update(done)
+        return out
+    out = {}
+    for index, batch in enumerate(plan_batches(prompts, batch_size)):
+        torch.manual_seed(seed + index)
+        new, eos = _generate(model, tok, [prompts[i] for i in batch], sampling)
+        for i, row in zip(batch, new.tolist()):
+            end = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+            out[i] = row[:end]
+    return out
 
 
 def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import torch
@@ -54,6 +55,20 @@ class Backend(Protocol):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Full trainable tensors on rank 0 (empty elsewhere), named as in the model; a collective."""
+
+    def generating(self) -> AbstractContextManager:
+        """The model, whole and in eval mode, to generate with the current weights (a collective under
+        ZeRO-3: every rank enters it); back in train mode on exit."""
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class LocalBackend:
@@ -116,6 +131,9 @@ class LocalBackend:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.model)
 
+    def generating(self) -> AbstractContextManager:
+        return _eval_mode(self.model)
+
 
 class DeepSpeedBackend:
     """A DeepSpeed engine (ZeRO 0-3, offload, bf16 from its config). The engine clips, steps and
@@ -160,6 +178,20 @@ class DeepSpeedBackend:
         if load_path is None:
             raise StageError(f"{ckpt.root}: DeepSpeed could not load the checkpoint")
         set_rng_state(load_state(rng_file))
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator:
+        """Under ZeRO-3 the whole model is gathered once and the engine's per-module gather hooks are
+        lifted meanwhile (DeepSpeed's ``unwrap_model_for_generation``), so generation runs locally."""
+        model = self.engine.module.model
+        if self.stage != 3:
+            with _eval_mode(model):
+                yield model
+            return
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.engine), _eval_mode(model):
+            yield model
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Under ZeRO-3 each parameter is gathered in turn, so peak extra memory is one parameter, and

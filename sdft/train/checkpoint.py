@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from sdft.config.schema import RunConfig
-from sdft.data.tokenize import TokenizedSet
 from sdft.distributed import runtime
 from sdft.errors import StageError
 from sdft.layout import CheckpointFiles, RunLayout
@@ -68,15 +67,14 @@ def load_state(path) -> dict:
                          f"not written by sdft ({str(e).splitlines()[0]}); delete the checkpoint folder") from None
 
 
-def fingerprint(cfg: RunConfig, data: TokenizedSet) -> str:
-    """What a checkpoint must agree on to be resumed: model, training recipe and the exact data."""
-    blob = json.dumps({**cfg.training_recipe(), "ids": data.ids,
-                       "tokens": [sum(map(len, data.input_ids)), sum(sum(1 for t in lab if t != -100) for lab in data.labels)]},
-                      sort_keys=True)
+def fingerprint(cfg: RunConfig, data_digest: dict) -> str:
+    """What a checkpoint must agree on to be resumed: model, training recipe and the exact data (the
+    objective's ``digest``)."""
+    blob = json.dumps({**cfg.training_recipe(), **data_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int) -> None:
+def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int, objective=None) -> None:
     """Write ``checkpoints/step-<step>`` atomically; keep only the newest ``keep`` checkpoints.
 
     Collective under several ranks: every rank writes its shard into the same temporary folder
@@ -89,7 +87,13 @@ def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int
     runtime.barrier()
     try:
         with writing(final.root):
-            backend.save(CheckpointFiles(tmp))
+            files = CheckpointFiles(tmp)
+            backend.save(files)
+            state = objective.state_dict() if objective is not None else {}
+            if state:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in state.items()}, str(files.objective(runtime.rank())))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # free what was written at once (a full disk, say)
         raise
@@ -106,7 +110,7 @@ def save_checkpoint(layout: RunLayout, step: int, backend, meta: dict, keep: int
     runtime.barrier()
 
 
-def resume(layout: RunLayout, expected_fingerprint: str, backend, total_steps: int) -> int:
+def resume(layout: RunLayout, expected_fingerprint: str, backend, total_steps: int, objective=None) -> int:
     """Load the newest checkpoint into ``backend`` and return its step (0 when there is none). A
     checkpoint of another model, recipe, data or world size is refused, never half-used."""
     ckpts = layout.complete_checkpoints()
@@ -121,5 +125,12 @@ def resume(layout: RunLayout, expected_fingerprint: str, backend, total_steps: i
         raise StageError(f"{ckpt.root}: written by {state.get('world_size', 1)} rank(s), now "
                          f"{runtime.world_size()}; resume with the same world size")
     backend.load(ckpt)
+    if objective is not None and objective.state_dict():
+        from safetensors.torch import load_file
+
+        path = ckpt.objective(runtime.rank())
+        if not path.exists():
+            raise StageError(f"{ckpt.root}: no objective state for rank {runtime.rank()} ({path.name})")
+        objective.load_state_dict(load_file(str(path)))
     log.info("train: resuming from %s (step %d of %d)", ckpt.root.name, state["step"], total_steps)
     return state["step"]

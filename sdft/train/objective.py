@@ -1,5 +1,5 @@
-"""The training objective: what a step computes from its examples. The recipe's step calls it; the
-SFT loss is the one objective today (the on-policy objective plugs in beside it).
+"""The training objective: what a step computes from its examples. The recipe's step calls it: the SFT
+loss here, on-policy self-distillation in ``on_policy``.
 
 An ``Objective`` gives the module the backend runs (``forward(**micro_batch) -> summed loss``), turns
 a step's global batch into this rank's micro-batches with the token count the step's loss is
@@ -36,7 +36,7 @@ from typing import Protocol
 import torch
 
 from sdft.config.schema import TrainConfig
-from sdft.data.tokenize import TokenizedSet, causal_lm_loss_sum, collate
+from sdft.data.tokenize import causal_lm_loss_sum, collate, tokenize_rows
 from sdft.models.loading import attention_mask_for, causal_lm
 from sdft.train.batching import TokenSlots, step_token_slots
 from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step
@@ -60,16 +60,33 @@ class StepBatches:
 
 
 class Objective(Protocol):
-    """What a training objective gives the recipe."""
+    """What a training objective gives the recipe. It owns its training examples (``len`` of them)."""
+
+    skipped_overlength: list[str]
+    """Ids of the examples left out for being longer than ``train.cutoff_len``."""
+
+    def __len__(self) -> int: ...
+
+    def digest(self) -> dict:
+        """The exact training data, for the checkpoint fingerprint."""
 
     def loss_module(self, model) -> torch.nn.Module:
         """The module the backend runs: ``forward(**micro_batch) -> summed loss``, wrapping ``model``."""
 
-    def step_batches(self, batch_ids: list[int]) -> StepBatches:
-        """This rank's micro-batches of the step whose global batch is ``batch_ids``."""
+    def step_batches(self, batch_ids: list[int], step: int, backend) -> StepBatches:
+        """This rank's micro-batches of the 0-based ``step`` whose global batch is ``batch_ids``
+        (``backend`` gives the current model to an objective that generates)."""
 
     def stand_in(self) -> Batch:
         """A short, fully masked micro-batch (loss 0) that joins every collective of a real one."""
+
+    def after_step(self) -> None:
+        """Called after every optimizer step."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's objective state a checkpoint must keep (beyond weights, optimizer and RNG)."""
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
     def summary(self) -> dict:
         """What the objective reports in the training summary."""
@@ -100,6 +117,30 @@ def fused_loss_blocker(model) -> str | None:
     return None
 
 
+def register_head(module: torch.nn.Module, model) -> None:
+    """Under ZeRO-3, have the engine gather ``model``'s lm_head weight for ``module``'s forward (a fused
+    loss reads it outside the head's own forward). Gathered once per micro-batch, not per chunk, so
+    ranks with different token counts run the same collectives."""
+    weight = causal_lm(model).get_output_embeddings().weight
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(module, weight)
+
+
+def hidden_and_head(model, input_ids, attention_mask=None, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, T, H] final hidden states, [V, H] lm_head weight), both in the dtype the head's matmul
+    runs in (the autocast dtype under autocast, as ``lm_head`` itself would run)."""
+    base = causal_lm(model)
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids).last_hidden_state
+    weight = base.get_output_embeddings().weight
+    dtype = weight.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    return hidden.to(dtype), weight.to(dtype)
+
+
 class CausalLMLoss(torch.nn.Module):
     """``forward(input_ids, labels, attention_mask=None, position_ids=None) -> loss_sum``.
 
@@ -117,11 +158,7 @@ class CausalLMLoss(torch.nn.Module):
         self.model = model
         self.fused = fused
         if fused:
-            weight = causal_lm(model).get_output_embeddings().weight
-            if hasattr(weight, "ds_id"):  # partitioned by ZeRO-3: gather it for this module's forward
-                import deepspeed
-
-                deepspeed.zero.register_external_parameter(self, weight)
+            register_head(self, model)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
         if attention_mask is not None and attention_mask.dim() == 4:  # a packed batch's block mask
@@ -131,30 +168,34 @@ class CausalLMLoss(torch.nn.Module):
             return causal_lm_loss_sum(logits, labels)[0]
         from sdft_kernels import fused_linear_cross_entropy
 
-        base = causal_lm(self.model)
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids).last_hidden_state          # [B, T, H]
-        weight = base.get_output_embeddings().weight                                        # [V, H]
+        hidden, weight = hidden_and_head(self.model, input_ids, attention_mask, position_ids)   # [B, T, H], [V, H]
         # Position t predicts labels[t + 1]; the last position of each row predicts nothing.
         targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
-        dtype = weight.dtype
-        if torch.is_autocast_enabled(hidden.device.type):  # the head's matmul in the autocast dtype, as lm_head would run
-            dtype = torch.get_autocast_dtype(hidden.device.type)
         with torch.autocast(hidden.device.type, enabled=False):
-            return fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]).to(dtype), weight.to(dtype),
-                                              targets.reshape(-1), reduction="sum")
+            return fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                              reduction="sum")
 
 
 class SFTObjective:
     """Supervised fine-tuning: the summed cross-entropy of the response tokens, normalised by the global
     batch's response tokens; micro-batches padded, or packed with ``train.packing``."""
 
-    def __init__(self, t: TrainConfig, data: TokenizedSet, pad_id: int, world: int, rank: int):
-        self.t, self.data, self.pad_id, self.world, self.rank = t, data, pad_id, world, rank
+    def __init__(self, t: TrainConfig, rows: list[dict], tok, world: int, rank: int):
+        data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength)
+        self.t, self.data, self.pad_id, self.world, self.rank = t, data, tok.pad_token_id, world, rank
+        self.skipped_overlength = data.skipped_overlength
         # Counted once, not per step: the loss's denominator and the packing plan's input.
         self.targets = data.response_tokens()
         self.lengths = [len(ids) for ids in data.input_ids]
         self.fused = self.packing = False
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def digest(self) -> dict:
+        d = self.data
+        return {"ids": d.ids, "tokens": [sum(map(len, d.input_ids)),
+                                         sum(sum(1 for y in lab if y != -100) for lab in d.labels)]}
 
     def loss_module(self, model) -> "CausalLMLoss":
         t = self.t
@@ -163,7 +204,7 @@ class SFTObjective:
         self.packing = resolve_switch("train.packing", t.packing, packing_blocker(model) if t.packing != "off" else None)
         return module
 
-    def step_batches(self, batch_ids: list[int]) -> StepBatches:
+    def step_batches(self, batch_ids: list[int], step: int = 0, backend=None) -> StepBatches:
         t, n_micro = self.t, self.t.grad_accum * self.world
         plan = plan_packed_step(self.lengths, batch_ids, n_micro, t.cutoff_len) if self.packing else None
         micro = []
@@ -182,6 +223,15 @@ class SFTObjective:
         b = {k: v[:, :8] for k, v in b.items()}
         b["labels"].fill_(-100)
         return b
+
+    def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
 
     def summary(self) -> dict:
         return {"objective": "sft", "fused_loss": self.fused, "packing": self.packing}

@@ -35,9 +35,8 @@ from tqdm.auto import tqdm
 
 from sdft.config.schema import RunConfig
 from sdft.context import RunContext
-from sdft.data.tokenize import tokenize_rows
 from sdft.distributed import runtime
-from sdft.distributed.deepspeed import deepspeed_config
+from sdft.distributed.deepspeed import deepspeed_config, zero_stage
 from sdft.layout import RunLayout
 from sdft.models.loading import hidden_size
 from sdft.train.backends import build_backend
@@ -45,6 +44,7 @@ from sdft.train.batching import GlobalBatches, TokenSlots
 from sdft.train.checkpoint import fingerprint, resume, save_checkpoint
 from sdft.train.model import build_model, build_optimizer, log_4bit_layout, parameter_counts
 from sdft.train.objective import SFTObjective
+from sdft.train.on_policy import OnPolicyObjective
 from sdft.train.train_log import TrainLog
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_write_json, publishing, read_jsonl
@@ -55,6 +55,14 @@ log = logging.getLogger(__name__)
 def run_train(ctx: RunContext) -> dict:
     """The train stage (every rank): fine-tune on the filter stage's rows."""
     return train(ctx.cfg, read_jsonl(ctx.layout.filtered), ctx.layout, ctx.tok, ctx.device)
+
+
+def run_train_on_policy(ctx: RunContext) -> dict:
+    """The train stage of on-policy self-distillation (every rank): the task data as it is, each
+    reference answer the teacher's demonstration."""
+    rows = [{"id": ex.id, "instruction": ex.instruction, "response": ex.response, "system": ex.system}
+            for ex in ctx.train_examples()[0]]
+    return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device)
 
 
 def train(cfg: RunConfig, rows: list[dict], layout: RunLayout, tok, device: torch.device) -> dict:
@@ -82,15 +90,18 @@ class TrainRecipe:
         """Tokenise, build model, objective, optimizer, schedule and backend, and resume if a checkpoint exists."""
         t = self.t
         seed_everything(t.seed)  # before the model: LoRA's initial weights come from this seed
-        self.data = tokenize_rows(rows, self.tok, t.template, t.cutoff_len, t.overlength)
         name = t.deepspeed or ("zero1" if runtime.is_distributed() else "")
         self.ds = (deepspeed_config(name, "train.deepspeed", self.cfg, self.world, hidden_size(self.cfg.model.path))
                    if name else None)
+        if t.objective == "on_policy":
+            self.objective = OnPolicyObjective(self.cfg, rows, self.tok, self.world, self.rank, self.device,
+                                               zero_stage(self.ds) if self.ds else None)
+        else:
+            self.objective = SFTObjective(t, rows, self.tok, self.world, self.rank)
         self.model = build_model(self.cfg, self.device, self.ds)
-        self.objective = SFTObjective(t, self.data, self.tok.pad_token_id, self.world, self.rank)
         module = self.objective.loss_module(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.batches = GlobalBatches(t, len(self.data), self.world)
+        self.batches = GlobalBatches(t, len(self.objective), self.world)
         self.steps = self.batches.total_steps
         from transformers import get_scheduler
 
@@ -105,15 +116,16 @@ class TrainRecipe:
                      self.backend.stage, self.world, self.layout.ds_config, json.dumps(self.ds, indent=2))
         if t.method == "qlora":
             log_4bit_layout(self.model)
-        self.fingerprint = fingerprint(self.cfg, self.data)
-        self.start = resume(self.layout, self.fingerprint, self.backend, self.steps)
+        self.fingerprint = fingerprint(self.cfg, self.objective.digest())
+        self.start = resume(self.layout, self.fingerprint, self.backend, self.steps, self.objective)
         self.log = TrainLog(self.layout, self.start)
         self.slots = TokenSlots()
         self.n_trainable, self.n_total = parameter_counts(self.model, params)
-        log.info("train: %d examples, %d steps (global batch %d = micro-batch %d x accum %d x %d rank(s)), "
-                 "%s: %d / %d parameters trainable; fused loss %s, packing %s", len(self.data), self.steps,
-                 self.batches.size, t.micro_batch_size, t.grad_accum, self.world, t.method, self.n_trainable,
-                 self.n_total, *("on" if on else "off" for on in (self.objective.fused, self.objective.packing)))
+        log.info("train: %s, %d examples, %d steps (global batch %d = micro-batch %d x accum %d x %d rank(s)), "
+                 "%s: %d / %d parameters trainable; fused loss %s, packing %s", t.objective, len(self.objective),
+                 self.steps, self.batches.size, t.micro_batch_size, t.grad_accum, self.world, t.method,
+                 self.n_trainable, self.n_total,
+                 *("on" if on else "off" for on in (self.objective.fused, self.objective.packing)))
 
     def train(self) -> dict:
         """Run the remaining steps, then write ``train/final``; returns the summary."""
@@ -135,7 +147,7 @@ class TrainRecipe:
     def train_step(self, step: int) -> dict:
         """One optimizer step (0-based ``step``) on every rank; returns its log row."""
         batch_ids = self.batches[step]
-        work = self.objective.step_batches(batch_ids)
+        work = self.objective.step_batches(batch_ids, step, self.backend)
         self.slots += work.slots
         loss_sum_local = 0.0
         for micro in self.backend.micro_batches(work.micro, self.objective.stand_in):
@@ -144,6 +156,7 @@ class TrainRecipe:
             loss_sum_local += loss_sum.item()
         lr = self.backend.lr()
         grad_norm = self.backend.step()
+        self.objective.after_step()
         loss = runtime.all_reduce_sum(loss_sum_local, self.device) / max(work.n_tokens, 1)
         return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": work.n_tokens,
                 "epoch": self.batches.epoch(step + 1)}
@@ -151,11 +164,13 @@ class TrainRecipe:
     def checkpoint(self, steps_done: int) -> None:
         """A resumable checkpoint after ``steps_done`` steps (a collective)."""
         save_checkpoint(self.layout, steps_done, self.backend, {"fingerprint": self.fingerprint,
-                                                                 "total_steps": self.steps}, self.t.keep_checkpoints)
+                                                                 "total_steps": self.steps}, self.t.keep_checkpoints,
+                        self.objective)
 
     def summary(self) -> dict:
         history = self.log.history
-        return {"steps": self.steps, "examples": len(self.data), "skipped_overlength": len(self.data.skipped_overlength),
+        return {"steps": self.steps, "examples": len(self.objective),
+                "skipped_overlength": len(self.objective.skipped_overlength),
                 "world_size": self.world, "zero_stage": self.backend.stage,
                 "trainable_parameters": self.n_trainable, "total_parameters": self.n_total,
                 "first_loss": history[0]["loss"] if history else None,

@@ -39,15 +39,35 @@ def test_verdict_uses_direction_and_noise():
 def test_report_files(tmp_path):
     results = {"seed": _result(0.3, 0.0), "vanilla": _result(0.6, 0.4), "sdft": _result(0.55, 0.1)}
     report = write_report(EvalFiles(tmp_path), results, [Fake()], {"model": "m"}, {"sdft": {"rewrites_kept": "5/10"}})
+    assert report["baseline"] == "vanilla" and report["verdict"] == {"sdft": {"acc": "within noise", "kl": "sdft better"}}
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["delta_vs_seed"]["vanilla"]["acc"] == report["delta_vs_seed"]["vanilla"]["acc"]
     assert saved["delta_vs_seed"]["sdft"]["kl"] == 0.1 and "total" not in saved["delta_vs_seed"]["sdft"]
     md = (tmp_path / "report.md").read_text()
+    assert "| metric | better | seed | vanilla | sdft | vanilla − seed | sdft − seed | sdft vs vanilla |" in md
     assert "| accuracy | ↑ | 0.3 ± 0.046 | 0.6 ± 0.049 | 0.55 ± 0.05 | 0.3 | 0.25 | within noise |" in md
     assert "| KL | ↓ | 0 | 0.4 | 0.1 | 0.4 | 0.1 | sdft better |" in md
     assert "rewrites_kept: 5/10" in md
     png = tmp_path / "plots" / "task.png"
     assert saved["plots"] == ["plots/task.png"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_three_arms_are_each_judged_against_vanilla(tmp_path):
+    results = {"seed": _result(0.3, 0.0), "vanilla": _result(0.6, 0.4), "sdft": _result(0.55, 0.1),
+               "on_policy": _result(0.9, 0.4)}
+    report = write_report(EvalFiles(tmp_path), results, [Fake()], {"model": "m"}, {})
+    assert list(report["delta_vs_seed"]) == ["vanilla", "sdft", "on_policy"]
+    assert report["verdict"] == {"sdft": {"acc": "within noise", "kl": "sdft better"},
+                                 "on_policy": {"acc": "on_policy better", "kl": "equal"}}
+    md = (tmp_path / "report.md").read_text()
+    assert "| on_policy − seed | sdft vs vanilla | on_policy vs vanilla |" in md
+    assert "| accuracy | ↑ | 0.3 ± 0.046 | 0.6 ± 0.049 | 0.55 ± 0.05 | 0.9 ± 0.03 | 0.3 | 0.25 | 0.6 | within noise | " \
+           "on_policy better |" in md
+    # Without vanilla the first arm is the baseline.
+    no_vanilla = {k: v for k, v in results.items() if k != "vanilla"}
+    report = write_report(EvalFiles(tmp_path / "b"), no_vanilla, [Fake()], {"model": "m"}, {})
+    assert report["baseline"] == "sdft" and list(report["verdict"]) == ["on_policy"]
+    assert verdict(results, "acc", Fake.metrics["acc"], pair=("sdft", "on_policy")) == "on_policy better"
 
 
 def test_paired_outcomes_decide_with_an_exact_mcnemar_test():

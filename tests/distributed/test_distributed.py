@@ -145,15 +145,16 @@ def test_killed_two_rank_training_resumes_to_the_same_weights(distilled):
     assert _losses(broken) == _losses(unbroken) and len(_losses(broken)) == 4
 
 
-def test_two_rank_compare_trains_both_arms_and_reports_once(tiny_config):
-    """Both arms train on 2 ranks with uneven shards; evaluation runs on rank 0 while rank 1 waits."""
+def test_two_rank_compare_trains_three_arms_and_reports_once(tiny_config):
+    """The three arms train on 2 ranks with uneven shards (5 examples for global batches of 8: a rank
+    samples and trains on fewer examples, or none, in a step); evaluation runs on rank 0 while rank 1 waits."""
     path, out = _uneven(tiny_config, filter={"gates": ["ban_list"]},
                         eval={"checker": "math", "limit": 2, "evaluators": ["task", "retention"]})
     res = run_torchrun(2, "compare", str(path), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "compare" / "report.json").read_text())
-    assert list(report["models"]) == ["seed", "vanilla", "sdft"]
-    for arm in (out, out / "vanilla"):
+    assert list(report["models"]) == ["seed", "vanilla", "sdft", "on_policy"]
+    for arm in (out, out / "vanilla", out / "on_policy"):
         assert json.loads((arm / "train" / "COMPLETE.json").read_text())["world_size"] == 2
     assert (out / "compare" / "report.md").exists()
 
@@ -210,3 +211,26 @@ def test_zero3_fused_and_packed_matches_plain_one_rank(distilled, method):
         seed = AutoModelForCausalLM.from_pretrained(load_config(path).model.path).lm_head.weight
         assert (b - seed).abs().max() > 1e-3  # the head trained: its gradient reached its ZeRO-3 shards
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("ds, method, teacher", [("zero3", "lora", "seed"), ("zero2", "full", "ema")])
+def test_two_rank_on_policy_training_follows_one_rank(tiny_config, tmp_path, ds, method, teacher):
+    """On-policy self-distillation on 2 ranks under ZeRO-3 (LoRA, the adapter-disabled seed teacher; the
+    whole model gathered to sample at every step) and ZeRO-2 (full fine-tuning, an EMA teacher) against
+    one plain process: each rank samples its own examples from the same (seed, id, step) streams, so
+    the losses agree to float noise. 5 examples in global batches of 4: the last step is uneven. The
+    random tiny model's next-token distributions barely depend on the prompt, so the divergences are
+    ~1e-4 and float32 cancellation leaves ~1e-7 of noise in them (other samples would move them by 10%+)."""
+    train = {"objective": "on_policy", "method": method, "max_steps": 3, "micro_batch_size": 2, "grad_accum": 2,
+             "lora_dropout": 0.0, "save_every": 0, "lr": 1e-3,
+             "on_policy": {"teacher": teacher, "ema_rate": 0.5, "sampling": {"max_new_tokens": 8}}}
+    path, out = tiny_config(n_train=5, train=train)
+    one = run_cli("train", str(path))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_dir = tmp_path / "two"
+    _train2(path, two_dir, f"train.deepspeed={ds}", "train.micro_batch_size=1")
+    l1, l2 = _losses(out), _losses(two_dir)
+    assert len(l1) == len(l2) == 3 and all(x > 0 for x in l1)
+    assert l2 == pytest.approx(l1, rel=1e-3, abs=3e-7)
+    summary = json.loads((two_dir / "train" / "final" / "training_summary.json").read_text())
+    assert summary["objective"] == "on_policy" and summary["zero_stage"] == int(ds[-1]) and summary["world_size"] == 2

@@ -34,10 +34,13 @@ def tiny(arch: str, vocab: int, attn: str = "sdpa", **extra):
     return getattr(transformers, f"{cls}ForCausalLM")(cfg).train()
 
 
+def _rows(n: int = 7) -> list[dict]:
+    return [{"id": r["id"], "instruction": r["question"], "response": r["answer"]} for r in math_rows(n)]
+
+
 @pytest.fixture
 def data(tiny_tok):
-    rows = [{"id": r["id"], "instruction": r["question"], "response": r["answer"]} for r in math_rows(7)]
-    return tokenize_rows(rows, tiny_tok, "math")
+    return tokenize_rows(_rows(), tiny_tok, "math")
 
 
 def _grads(module):
@@ -157,11 +160,13 @@ def test_fused_loss_equals_the_models_own_logits_or_is_refused(model_type):
 def test_sft_step_batches_split_the_global_batch_over_ranks_and_micro_steps(data, tiny_tok, packing):
     """Every example of the global batch lands in exactly one micro-batch of one rank, every rank is
     told the same token count (the whole step's response tokens), and the stand-in trains nothing."""
-    t = TrainConfig(micro_batch_size=2, grad_accum=2, packing=packing, fused_loss="off", cutoff_len=1024)
+    t = TrainConfig(micro_batch_size=2, grad_accum=2, packing=packing, fused_loss="off", cutoff_len=1024,
+                    template="math")
     batch_ids = [5, 0, 3, 6, 1, 2]  # 6 examples for 8 slots: some micro-batches are short or empty
     seen, counts = [], set()
     for rank in range(2):
-        objective = SFTObjective(t, data, tiny_tok.pad_token_id, world=2, rank=rank)
+        objective = SFTObjective(t, _rows(), tiny_tok, world=2, rank=rank)
+        assert objective.data.input_ids == data.input_ids
         objective.loss_module(tiny("llama", len(tiny_tok)))
         assert objective.packing is (packing == "on")
         work = objective.step_batches(batch_ids)
