@@ -368,8 +368,8 @@ class RunConfig:
         trained in 4 bits (stage records and checkpoints compare it). On-policy sampling goes through
         ``generation.engine``, so it is part of that objective's recipe."""
         train = asdict(self.train)
-        if self.train.objective != "on_policy":
-            del train["on_policy"]  # its settings do not touch an SFT run
+        if self.train.objective == "sft":  # the objective's own settings do not touch an SFT run, whose
+            del train["objective"], train["on_policy"]  # records keep the form they had before there was a choice
         out = {"model": asdict(self.model), "train": train}
         if self.train.method == "qlora":
             out["quantization"] = asdict(self.quantization)

@@ -12,7 +12,7 @@ def _run(script, *args):
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")], res.stdout
+    return [json.loads(x) for x in res.stdout.splitlines() if x.startswith('{"')], res.stdout
 
 
 def test_packing_benchmark_compares_the_same_tokens():
@@ -49,3 +49,25 @@ def test_generation_benchmark_compares_the_same_tokens():
     assert set(arms) == {"hf-dynamic", "continuous"}
     assert arms["hf-dynamic"]["new_tokens"] == arms["continuous"]["new_tokens"] > 0  # greedy: the very same work
     assert "continuous / hf-dynamic: new tokens/s" in out
+
+
+def test_divergence_head_benchmark_agrees_with_torch():
+    rows, _ = _run("divergence_head.py", "--n", "256", "--h", "64", "--v", "1000", "--repeat", "1",
+                   "--impls", "torch,sdft")
+    assert [(r["divergence"], r["impl"]) for r in rows] == [("forward_kl", "torch"), ("forward_kl", "sdft"),
+                                                           ("jsd", "torch"), ("jsd", "sdft")]
+    assert all(r["loss_rel_err"] < 1e-5 for r in rows)
+
+
+def test_onpolicy_step_benchmark_runs_both_arms(tiny_model_dir):
+    """sdft and TRL's trainer at the same settings on the tiny model (TRL is a benchmark dependency:
+    skipped without it)."""
+    import pytest
+
+    pytest.importorskip("trl")
+    rows, out = _run("onpolicy_step.py", "--model", str(tiny_model_dir), "--prompts", "2", "--new-tokens", "6",
+                     "--steps", "1")
+    result = rows[-1]
+    assert set(result) == {"trl", "sdft"}
+    assert all(r["s_per_step"] > 0 and 0 < r["mean_answer_tokens"] <= 6 for r in result.values())
+    assert "sdft vs trl:" in out

@@ -46,7 +46,7 @@ def test_compare_trains_three_arms_and_writes_the_report(tmp_path, bubblewrap):
     assert sorted(p.name for p in (out / "on_policy").iterdir() if p.is_dir()) == ["train"]
     record = json.loads((out / "on_policy" / "train" / "COMPLETE.json").read_text())
     assert record["inputs"]["train"]["objective"] == "on_policy" and record["summary"]["objective"] == "on_policy"
-    assert "on_policy" not in json.loads((out / "train" / "COMPLETE.json").read_text())["inputs"]["train"]
+    assert "on_policy" not in json.loads((out / "train" / "COMPLETE.json").read_text())["inputs"]["train"]  # sft
     assert report["arms"]["on_policy"]["objective"] == "on_policy"
     assert any((_adapter(out / "on_policy")[k] != v).any() for k, v in _adapter(out / "vanilla").items())
 
