@@ -11,6 +11,7 @@ stand-in, because every rank must join every micro-step's collectives).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -63,8 +64,16 @@ class Backend(Protocol):
 
 @contextlib.contextmanager
 def _eval_mode(model) -> Iterator:
+    """``model`` in eval mode (no dropout), except bitsandbytes' 4-bit layers, which stay in train mode:
+    on CPU one eval-mode forward repacks their weights into a layout without autograd and silently
+    zeroes the LoRA gradients below them (``sdft.models.quantized``). Their mode changes nothing else."""
     was_training = model.training
     model.eval()
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
+        for m in model.modules():
+            if isinstance(m, bnb.nn.Linear4bit):
+                m.training = True
     try:
         yield model
     finally:
