@@ -62,6 +62,15 @@ def test_stage_order_is_enforced(tmp_path, tiny_model_dir):
     assert res.returncode == 1 and "stage filter has not completed" in res.stderr
 
 
+def test_on_policy_has_no_distill_stage_and_says_so(tmp_path, tiny_model_dir):
+    out = tmp_path / "o"
+    res = run_cli("distill", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
+                  "train.objective=on_policy")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "train.objective=on_policy has no distill or filter stage (its stages: train, eval, export)" in res.stderr
+    assert not out.exists()
+
+
 def test_config_command_prints_the_resolved_config():
     res = run_cli("config", str(EXAMPLES / "quickstart.yaml"), "train.lr=1e-3")
     assert res.returncode == 0, res.stderr

@@ -53,21 +53,29 @@ class _Backend:
         return contextlib.nullcontext(self.model)
 
 
-@pytest.mark.parametrize("divergence, beta, top_k, skip_first", [
-    ("forward_kl", 0.5, 0, 3), ("reverse_kl", 0.5, 0, 0), ("jsd", 0.3, 0, 2), ("forward_kl", 0.5, 7, 1),
-    ("jsd", 0.5, 5, 0)])
+@pytest.mark.parametrize("divergence, beta, top_k, skip_first, method", [
+    ("forward_kl", 0.5, 0, 3, "lora"), ("reverse_kl", 0.5, 0, 0, "lora"), ("jsd", 0.3, 0, 2, "lora"),
+    ("forward_kl", 0.5, 7, 1, "lora"), ("jsd", 0.5, 5, 0, "lora"), ("forward_kl", 0.5, 0, 2, "full"),
+    ("reverse_kl", 0.5, 4, 0, "full")])
 @pytest.mark.parametrize("fused", [True, False])
-def test_loss_and_gradients_equal_a_float64_reference(tiny_tok, divergence, beta, top_k, skip_first, fused):
-    """float64 tiny Llama under LoRA with the seed teacher: the summed divergence over the scored tokens
-    and the adapters' gradients equal a plain computation: the seed (an untouched copy) on teacher
-    prompt + answer, the student's own logits on prompt + answer, the divergence written out per token."""
+def test_loss_and_gradients_equal_a_float64_reference(tiny_tok, divergence, beta, top_k, skip_first, method, fused):
+    """float64 tiny Llama with the seed teacher (under LoRA: adapters disabled; under full fine-tuning:
+    a copy taken before the weights moved, its own head included): the summed divergence over the
+    scored tokens and the trainable weights' gradients equal a plain computation: the seed (an
+    untouched copy) on teacher prompt + answer, the student's own logits on prompt + answer, the
+    divergence written out per token."""
     cfg = _cfg(divergence=divergence, jsd_beta=beta, top_k=top_k, skip_first=skip_first)
     cfg.train.fused_loss = "on" if fused else "off"
+    cfg.train.method = method
     base = tiny("llama", len(tiny_tok)).double()
     seed = copy.deepcopy(base).eval()
-    model = _lora(base)
+    model = _lora(base) if method == "lora" else base
     objective = OnPolicyObjective(cfg, _rows(), tiny_tok, 1, 0, torch.device("cpu"), None)
     module = objective.loss_module(model)
+    if method == "full":  # "training" moves every weight, the head too, after the teacher's copy was taken
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
     assert objective.fused is fused
     g = torch.Generator().manual_seed(0)
     # Answers of very different lengths, one shorter than skip_first (nothing of it is scored).
