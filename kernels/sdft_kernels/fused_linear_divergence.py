@@ -31,6 +31,7 @@ import torch
 from sdft_kernels.fused_linear_ce import _pick_impl, default_chunk_rows
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+CPU_MIN_CHUNK_ROWS = 64
 
 
 def _torch_divergence_grad(s: torch.Tensor, t: torch.Tensor, kind: str, beta: float,
@@ -100,6 +101,11 @@ class _ChunkedLinearDivergence(torch.autograd.Function):
                        if s_weight.requires_grad else None)
         loss = torch.zeros((), dtype=torch.promote_types(s_hidden.dtype, torch.float32), device=s_hidden.device)
         rows = chunk_rows or default_chunk_rows(n_all, h, s_weight.shape[0])
+        if not chunk_rows and not s_hidden.is_cuda:
+            # On CPU a chunk of a few rows re-reads both [V, H] heads for little work (N = 500 scored
+            # tokens, H = 576, V = 49152 gives 8-row chunks): at least 64 rows, whose [c, V] float32
+            # buffers stay ~12 MB each at V = 49152.
+            rows = max(rows, CPU_MIN_CHUNK_ROWS)
         for start in range(0, n, rows):
             idx = keep[start:start + rows] if keep is not None else slice(start, start + rows)
             xs = s_hidden[idx]                                             # [c, H]

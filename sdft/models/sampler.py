@@ -61,10 +61,13 @@ def filtered_candidates(logits: torch.Tensor, s: SamplingConfig) -> tuple[torch.
         logits: [B, V] float.
     Returns:
         (scores [B, K] float32: the tempered logits, -inf where top-p removed the token;
-         tokens [B, K] int64), K = min(top_k, V) (V when top_k is 0), sorted by score, highest first.
+         tokens [B, K] int64), K = min(top_k, V) (V when top_k is 0), sorted by score, highest first
+         (in vocabulary order when nothing is filtered: top_k 0 and top_p 1).
     """
     scores = logits.float() / s.temperature
     k = min(s.top_k, scores.shape[-1]) if s.top_k > 0 else scores.shape[-1]
+    if k == scores.shape[-1] and s.top_p >= 1.0:  # nothing is filtered: no sort of the whole vocabulary
+        return scores, torch.arange(k, device=scores.device).expand_as(scores)
     top, tokens = torch.topk(scores, k, dim=-1)                            # [B, K] descending
     if s.top_p < 1.0:
         probs = top.softmax(dim=-1)
