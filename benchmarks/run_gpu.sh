@@ -17,6 +17,7 @@ step 60 python3 -c "import importlib.util, importlib.metadata as m, torch, trito
 step 150 python3 -m pytest -q -p no:cacheprovider -x tests/kernels
 step 200 python3 benchmarks/loss_head.py --n 8192 32768 --h 4096 --v 32000 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5
 step 60 python3 benchmarks/loss_head.py --n 32768 --h 4096 --v 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5 --frozen
+step 120 python3 benchmarks/divergence_head.py --n 8192 --h 4096 --v 128256 --dtype bfloat16 --repeat 5
 step 150 python3 benchmarks/train_step.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 8 --steps 5
 step 120 python3 benchmarks/packing.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 4 --tokens 16384 --steps 4
 echo "== [$(date +%T)] done" | tee -a "$out/log.txt"
