@@ -1,9 +1,10 @@
-"""Step 3: fine-tune the seed on the filtered data. Stage entry: ``run_train(ctx)``.
+"""Step 3: fine-tune the seed on the filtered data (``run_train(ctx)``), or by on-policy
+self-distillation on the task data (``run_train_on_policy(ctx)``).
 
 ``TrainRecipe`` in torchtune's shape: ``setup(rows)`` builds everything from the config, ``train()``
 is the loop, ``train_step(step)`` one optimizer step, ``checkpoint(step)`` and ``save_final()`` the
-writes. What a step computes is the objective's (``objective``: the SFT loss); where it runs is the
-backend's (``backends``).
+writes. What a step computes is the objective's (``objective``: the SFT loss; ``on_policy``: sample,
+then the teacher-student divergence); where it runs is the backend's (``backends``).
 
 - Methods: LoRA, QLoRA (LoRA on a base quantized to 4 bits at load) or full fine-tuning (``model``).
 - Parallelism: one process runs plain PyTorch. Several ranks (``torchrun`` / ``deepspeed`` / SLURM) or
