@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import time
 
 import torch
+from workload import has_liger, in_fresh_process, rss_kib
 
 IMPLS = ("torch", "sdft", "sdft_torch", "liger")
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def _inputs(case, device):
@@ -75,7 +70,7 @@ def _run_case(impl, case, queue):
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _rss_kib("VmRSS:")
+        base = rss_kib("VmRSS:")
     times = []
     for _ in range(case["repeat"]):
         xs.grad = ws.grad = None
@@ -86,7 +81,7 @@ def _run_case(impl, case, queue):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = ((torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda"
-            else (_rss_kib("VmHWM:") - base) / 2**20)
+            else (rss_kib("VmHWM:") - base) / 2**20)
     outputs = sum(t.numel() * t.element_size() for t in (xs.grad, ws.grad) if t is not None) / 2**30
     out = {"ms": 1000 * statistics.median(times), "peak_gib": peak, "extra_gib": peak - outputs, "loss": loss.item()}
     if queue is None:
@@ -99,13 +94,7 @@ def run(impl, case):
         out = _run_case(impl, case, None)
         torch.cuda.empty_cache()
         return out
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run_case, args=(impl, case, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    return out
+    return in_fresh_process(_run_case, impl, case)
 
 
 def main() -> None:
@@ -124,7 +113,7 @@ def main() -> None:
     for kind in args.divergence:
         case = dict(n=args.n, h=args.h, v=args.v, dtype=args.dtype, device=device, trainable=not args.frozen,
                     divergence=kind, beta=args.beta, repeat=args.repeat)
-        impls = [i for i in args.impls.split(",") if (i != "liger" or (_has_liger() and kind == "jsd"))
+        impls = [i for i in args.impls.split(",") if (i != "liger" or (has_liger() and kind == "jsd"))
                  and (i != "sdft_torch" or device == "cuda")]
         res = {impl: run(impl, case) for impl in impls}
         ref = res["torch"]
@@ -136,13 +125,6 @@ def main() -> None:
                    "loss_rel_err": abs(r["loss"] - ref["loss"]) / abs(ref["loss"])}
             print(json.dumps(row), flush=True)
 
-
-def _has_liger() -> bool:
-    try:
-        import liger_kernel  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

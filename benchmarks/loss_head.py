@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import time
 
 import torch
+from workload import has_liger, in_fresh_process, rss_kib
 
 IMPLS = ("torch", "sdft", "sdft_torch", "liger")  # sdft_torch: sdft's chunked torch path (on CUDA: without Triton)
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 def _inputs(n, h, v, dtype, device, ignored, trainable):
@@ -72,7 +64,7 @@ def _run_case(impl, case, queue):
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _rss_kib("VmRSS:")
+        base = rss_kib("VmRSS:")
     times = []
     for _ in range(case["repeat"]):
         x.grad = None
@@ -84,7 +76,7 @@ def _run_case(impl, case, queue):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = ((torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda"
-            else (_rss_kib("VmHWM:") - base) / 2**20)
+            else (rss_kib("VmHWM:") - base) / 2**20)
     outputs = sum(t.numel() * t.element_size() for t in (x.grad, w.grad) if t is not None) / 2**30
     # numpy, not tensors: torch would share tensor memory through file descriptors of this process
     grads = [x.grad.float().cpu().numpy()] + ([w.grad.float().cpu().numpy()] if w.grad is not None else [])
@@ -100,13 +92,7 @@ def run(impl, case):
         out = _run_case(impl, case, None)
         torch.cuda.empty_cache()
         return out
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run_case, args=(impl, case, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    return out
+    return in_fresh_process(_run_case, impl, case)
 
 
 def _rel(a, b) -> float:
@@ -126,7 +112,7 @@ def main() -> None:
     p.add_argument("--impls", default=",".join(IMPLS))
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    impls = [i for i in args.impls.split(",") if (i != "liger" or _has_liger()) and (i != "sdft_torch" or device == "cuda")]
+    impls = [i for i in args.impls.split(",") if (i != "liger" or has_liger()) and (i != "sdft_torch" or device == "cuda")]
     for n in args.n:
         for v in args.v:
             for ignored in args.ignored:
@@ -146,13 +132,6 @@ def main() -> None:
                            "grad_rel_err": max(_rel(a, b) for a, b in zip(r["grads"], ref["grads"]))}
                     print(json.dumps(row), flush=True)
 
-
-def _has_liger() -> bool:
-    try:
-        import liger_kernel  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

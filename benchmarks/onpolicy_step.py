@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import time
 from pathlib import Path
+
+from workload import in_fresh_process, peak_gib
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -39,14 +40,6 @@ def _rows(n: int) -> list[dict]:
     lines = (REPO / "examples" / "data" / "math_train.jsonl").read_text().splitlines()[:n]
     return [json.loads(x) for x in lines]
 
-
-def _peak_gib(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 2**20
 
 
 def run_sdft(args, queue) -> None:
@@ -86,7 +79,7 @@ def run_sdft(args, queue) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             tokens.append(row["tokens"] + args.prompts * o.skip_first)
-    queue.put({"times": times[1:], "answer_tokens": tokens[1:], "peak_gib": _peak_gib(args.device)})
+    queue.put({"times": times[1:], "answer_tokens": tokens[1:], "peak_gib": peak_gib(torch.device(args.device))})
 
 
 def run_trl(args, queue) -> None:
@@ -136,17 +129,8 @@ def run_trl(args, queue) -> None:
 
     trainer._generate_transformers = counted
     trainer.train()
-    queue.put({"times": times[1:], "answer_tokens": tokens[1:len(times)], "peak_gib": _peak_gib(args.device)})
+    queue.put({"times": times[1:], "answer_tokens": tokens[1:len(times)], "peak_gib": peak_gib(torch.device(args.device))})
 
-
-def _in_process(fn, args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=fn, args=(args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
 
 
 def main() -> None:
@@ -161,7 +145,7 @@ def main() -> None:
           f"new tokens, forward KL over the vocabulary, LoRA r=16 all-linear, {args.steps} timed steps", flush=True)
     results = {}
     for name, fn in (("trl", run_trl), ("sdft", run_sdft)):
-        r = _in_process(fn, args)
+        r = in_fresh_process(fn, args)
         med = statistics.median(r["times"])
         mean_len = statistics.mean(r["answer_tokens"]) / args.prompts
         per_k = 1000 * sum(r["times"]) / max(1, sum(r["answer_tokens"]))

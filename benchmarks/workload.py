@@ -104,6 +104,35 @@ def packed_batch(data: TokenizedSet, idx: list[int], seq: int) -> dict[str, torc
     return collate_packed(data, plan[0], pad_id=0)
 
 
+def rss_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: ``VmRSS:`` (now) or ``VmHWM:`` (peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def has_liger() -> bool:
+    """Liger-Kernel is installed and can run (it needs CUDA)."""
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def in_fresh_process(target, *args):
+    """``target(*args, queue)`` in a spawned process (peak RSS is per process); returns what it puts
+    on the queue."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -89,11 +89,16 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        # In place: the stored gradients are used once, and a copy would double d_weight's memory.
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)) if grad_hidden is not None else None
-        gw = grad_weight.mul_(grad_loss.to(grad_weight.dtype)) if grad_weight is not None else None
-        return gh, gw, None, None, None, None, None
+        return (*scaled_saved_grads(ctx, grad_loss), None, None, None, None, None)
+
+
+def scaled_saved_grads(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (d_hidden, d_weight) a fused loss stored in forward, times the incoming gradient. In place:
+    the stored gradients are used once, and a copy would double d_weight's memory."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    gh = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)) if grad_hidden is not None else None
+    gw = grad_weight.mul_(grad_loss.to(grad_weight.dtype)) if grad_weight is not None else None
+    return gh, gw
 
 
 def _pick_impl(impl: str, hidden: torch.Tensor) -> str:

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from sdft_kernels.fused_linear_ce import _pick_impl, default_chunk_rows
+from sdft_kernels.fused_linear_ce import _pick_impl, default_chunk_rows, scaled_saved_grads
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 CPU_MIN_CHUNK_ROWS = 64
@@ -131,10 +131,7 @@ class _ChunkedLinearDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)) if grad_hidden is not None else None
-        gw = grad_weight.mul_(grad_loss.to(grad_weight.dtype)) if grad_weight is not None else None
-        return gh, gw, None, None, None, None, None, None, None, None, None
+        return (*scaled_saved_grads(ctx, grad_loss), *[None] * 9)
 
 
 def fused_linear_divergence(student_hidden: torch.Tensor, student_weight: torch.Tensor,

@@ -237,6 +237,11 @@ class SFTObjective:
         return {"objective": "sft", "fused_loss": self.fused, "packing": self.packing}
 
 
+def fused_loss_on(model, mode: str) -> bool:
+    """``train.fused_loss`` (``auto`` / ``on`` / ``off``) resolved for ``model``."""
+    return resolve_switch("train.fused_loss", mode, fused_loss_blocker(model) if mode != "off" else None)
+
+
 def build_loss_module(model, mode: str) -> CausalLMLoss:
-    """``model`` wrapped with the loss ``train.fused_loss`` asks for (``auto`` / ``on`` / ``off``)."""
-    return CausalLMLoss(model, resolve_switch("train.fused_loss", mode, fused_loss_blocker(model) if mode != "off" else None))
+    """``model`` wrapped with the loss ``train.fused_loss`` asks for."""
+    return CausalLMLoss(model, fused_loss_on(model, mode))

@@ -33,7 +33,7 @@ from sdft.errors import ConfigError, DataError
 from sdft.models.generation import choose_engine, sample_token_ids
 from sdft.templates import encode_prompt
 from sdft.train.batching import TokenSlots
-from sdft.train.objective import Batch, StepBatches, build_loss_module, hidden_and_head, register_head
+from sdft.train.objective import Batch, StepBatches, fused_loss_on, hidden_and_head, register_head
 from sdft.train.teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class OnPolicyObjective:
 
     def loss_module(self, model) -> SelfDistillationLoss:
         self.teacher = Teacher(model, self.o, lora=self.t.method in ("lora", "qlora"))
-        self.fused = build_loss_module(model, self.t.fused_loss).fused
+        self.fused = fused_loss_on(model, self.t.fused_loss)
         prompts = dict(zip(self.pairs.ids, self.pairs.student))
         self.engine = choose_engine(self.cfg.generation.engine, model, prompts, self.o.sampling)
         return SelfDistillationLoss(model, self.teacher, self.cfg, self.fused)

@@ -1,7 +1,6 @@
 """The fused linear + cross-entropy against a float64 reference, on random data: the chunked torch
 path, and the Triton kernel (on CUDA, else in Triton's CPU interpreter when triton is installed)."""
 
-import os
 
 import pytest
 import torch
@@ -13,26 +12,6 @@ from sdft_kernels import fused_linear_cross_entropy
 # torch path and in bf16 on the Triton path, hence the looser d_weight bound there).
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-3)}
 TOL_DW_TRITON_BF16 = dict(rtol=5e-2, atol=6e-3)
-
-
-@pytest.fixture(scope="module")
-def triton_on_this_machine():
-    """The device ``impl="triton"`` runs on here: CUDA, else CPU through Triton's interpreter
-    (``TRITON_INTERPRET=1``, set by conftest before triton is imported)."""
-    pytest.importorskip("triton")
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    return "cpu"
-
-
-@pytest.fixture(params=["torch", "triton"])
-def impl_device(request):
-    """(impl, device) pairs to run: torch on CPU, triton where it can run."""
-    if request.param == "torch":
-        return "torch", "cpu"
-    return "triton", request.getfixturevalue("triton_on_this_machine")
 
 
 def _reference(hidden, weight, labels, reduction):

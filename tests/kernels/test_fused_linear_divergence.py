@@ -2,7 +2,6 @@
 masked rows, odd shapes, fp32 and bf16; the chunked torch path, and the Triton kernel (on CUDA, else
 in Triton's CPU interpreter when triton is installed)."""
 
-import os
 
 import pytest
 import torch
@@ -12,23 +11,6 @@ from sdft_kernels import fused_linear_divergence
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-3)}
 TOL_DW_TRITON_BF16 = dict(rtol=5e-2, atol=6e-3)
 CASES = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)]
-
-
-@pytest.fixture(scope="module")
-def triton_on_this_machine():
-    pytest.importorskip("triton")
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    return "cpu"
-
-
-@pytest.fixture(params=["torch", "triton"])
-def impl_device(request):
-    if request.param == "torch":
-        return "torch", "cpu"
-    return "triton", request.getfixturevalue("triton_on_this_machine")
 
 
 def reference_divergence(s_logits, t_logits, kind, beta, support=None):
