@@ -13,6 +13,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.data.examples import Example, LoadReport, load_examples
+from sdft.data.tokenize import check_renders
 from sdft.distributed import runtime
 from sdft.errors import ConfigError
 from sdft.layout import RunLayout
@@ -57,3 +58,19 @@ class RunContext:
             raise ConfigError("data.train is not set: name the training data file")
         return self._once("examples", lambda: load_examples(self.cfg.data.train, self.cfg.data,
                                                             limit=self.cfg.data.limit))
+
+    def check_train_data(self, templates: list[str]) -> None:
+        """Read the training data and render one conversation of every shape (system turn or not, number
+        of turns) with each of ``templates`` that is the chat route, so that a bad record, or a role the
+        tokenizer's chat template rejects, stops the command before any work, naming the record."""
+        check_renders(self.train_examples()[0], templates, lambda: self.tok)
+
+    def check_held_out_data(self) -> None:
+        """Read the held-out sets the evaluators use (``data.test``, ``data.general_prompts``), as above."""
+        cfg, on = self.cfg, set(self.cfg.eval.evaluators)
+        if cfg.data.test and "task" in on:
+            examples = load_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)[0]
+            check_renders(examples, [cfg.eval.template or cfg.train.template], lambda: self.tok)
+        if cfg.data.general_prompts and "retention" in on:
+            prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
+            check_renders(prompts, ["chat"], lambda: self.tok, needs_template=False)

@@ -25,9 +25,12 @@ class ConfigError(SdftError, ValueError):
 
 
 class DataError(SdftError, ValueError):
-    """Bad input data, or an output file that cannot be read back; the message names file and line."""
+    """Bad input data (a record, a conversation, a hub data set that cannot be read), or an output file
+    that cannot be read back; the message names the data set or file, the line or the conversation id.
+    Exit code 2, like a config error: the input has to change before a rerun can do better."""
 
     kind = "data"
+    exit_code = 2
 
 
 class StageError(SdftError, RuntimeError):

@@ -36,6 +36,7 @@ from sdft.errors import ConfigError, StageError
 from sdft.eval.evaluate import eval_preflight, run_eval
 from sdft.export.export import run_export
 from sdft.filter.filter import keep_originals, run_filter
+from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES
 from sdft.train.recipe import run_train, run_train_on_policy
 from sdft.utils.io import atomic_write_json
 
@@ -54,9 +55,9 @@ class Stage:
     runs it while the others wait."""
     inputs: Callable[[RunConfig], dict]
     """The config the stage's output depends on (without the upstream stage's record)."""
-    preflight: Callable[[RunConfig], None]
-    """Checks what it needs (input files, tools) before the first stage of a command starts; raises
-    ``ConfigError`` naming the option."""
+    preflight: Callable[[RunContext], None]
+    """Checks what it needs (input files and data, tools) before the first stage of a command starts;
+    raises ``ConfigError`` naming the option, or ``DataError`` naming the record."""
 
 
 def _task_data(cfg: RunConfig) -> dict:
@@ -72,20 +73,25 @@ def _distill_inputs(cfg: RunConfig) -> dict:
     return out
 
 
-def _reads(stage: str, model: bool = True, train_data: bool = False) -> Callable[[RunConfig], None]:
-    """A preflight that checks the seed model's folder and/or ``data.train``."""
-    def check(cfg: RunConfig) -> None:
+def _reads(stage: str, model: bool = True, train_data: bool = False) -> Callable[[RunContext], None]:
+    """A preflight that checks the seed model's folder and/or ``data.train`` (read whole: every record
+    parsed, conversations rendered through the chat template where one is used)."""
+    def check(ctx: RunContext) -> None:
+        cfg = ctx.cfg
         files = [("data.train", cfg.data.train)] if train_data else []
         if model and not cfg.model.path.startswith("builtin:"):
             files.append(("model.path", cfg.model.path))
         require_files(files, f"the {stage} stage")
+        if train_data:
+            ctx.check_train_data([DISTILL_TEMPLATE_NAMES[cfg.distill.template], cfg.train.template])
 
     return check
 
 
-def _eval_preflight(cfg: RunConfig) -> None:
-    _reads("eval")(cfg)
-    eval_preflight(cfg)
+def _eval_preflight(ctx: RunContext) -> None:
+    _reads("eval")(ctx)
+    eval_preflight(ctx.cfg)
+    ctx.check_held_out_data()
 
 
 _TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))
@@ -149,7 +155,7 @@ class Pipeline:
         ``force``); a stage completed with another config is refused here too."""
         todo = names if force else [n for n in names if not self.is_complete(n)]
         for name in todo:
-            self.stages[name].preflight(self.ctx.cfg)
+            self.stages[name].preflight(self.ctx)
 
     def run_stage(self, name: str, force: bool = False) -> dict | None:
         """Run one stage unless it is already complete with this config. Returns its summary."""

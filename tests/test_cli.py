@@ -53,8 +53,9 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path, tiny_model_dir):
     data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
     res = run_cli("distill", str(EXAMPLES / "tiny.yaml"), f"output_dir={tmp_path / 'o'}", f"data.train={data}",
                   "data.instruction_field=instruction", "data.output_field=output", f"model.path={tiny_model_dir}")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert f"{data}:2: missing field 'output'" in res.stderr
+    assert not (tmp_path / "o").exists()  # found before the output folder was made
 
 
 def test_stage_order_is_enforced(tmp_path, tiny_model_dir):

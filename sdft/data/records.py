@@ -1,4 +1,5 @@
-"""Read raw records from JSON, JSONL, CSV, Parquet or a saved ``datasets`` folder.
+"""Read raw records from JSON, JSONL, CSV, Parquet, a saved ``datasets`` folder, or a hub data set
+(``hub:<name>?config=&split=``, read by ``sdft.data.hub``).
 
 Each record comes with a location (``file:line`` for JSONL and CSV, ``file[item]`` for JSON,
 ``file[row]`` for Parquet and datasets) so that every later error can point at it. Text files must be
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdft.config.sources import is_hub, parse_hub
 from sdft.errors import DataError
 
 
@@ -28,7 +30,12 @@ class RawRecord:
 
 
 def read_records(path: str | Path) -> Iterator[RawRecord]:
-    """Yield the records of a data file or saved ``datasets`` folder, in file order."""
+    """Yield the records of a data file, a saved ``datasets`` folder or a ``hub:`` data set, in order."""
+    if is_hub(str(path)):
+        from sdft.data.hub import read_hub
+
+        yield from read_hub(parse_hub(str(path)))
+        return
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: data file not found (check data.train / data.test in the config)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdft.data.examples import Example
 from sdft.errors import DataError
 from sdft.templates.prompts import encode_example
 
@@ -32,15 +33,18 @@ class TokenizedSet:
 
 
 def tokenize_rows(rows: list[dict], tok, template: str, cutoff_len: int | None = None,
-                  overlength: str = "skip") -> TokenizedSet:
-    """Encode ``{id, instruction, response, system}`` rows; labels are -100 on prompt tokens.
+                  overlength: str = "skip", loss_turns: str = "last") -> TokenizedSet:
+    """Encode ``{id, instruction, response, system, history?}`` rows; labels are -100 on prompt tokens.
 
-    With a ``cutoff_len``, a longer example is skipped and counted (``overlength="skip"``) or raises
-    (``"error"``); without one, every example is kept.
+    A row with a ``history`` (earlier turns of a conversation) is encoded whole; ``loss_turns="all"``
+    puts the loss on every assistant turn, ``"last"`` on the last only. With a ``cutoff_len``, a longer
+    example is skipped and counted (``overlength="skip"``) or raises (``"error"``); without one, every
+    example is kept.
     """
     out = TokenizedSet([], [], [], [])
     for row in rows:
-        ids, labels = encode_example(tok, template, row["instruction"], row["response"], row.get("system", ""))
+        ids, labels = encode_example(tok, template, row["instruction"], row["response"], row.get("system", ""),
+                                     history=row.get("history", ()), train_history=loss_turns == "all")
         if cutoff_len is not None and len(ids) > cutoff_len:
             if overlength == "error":
                 raise DataError(f"example {row['id']!r} is {len(ids)} tokens, longer than train.cutoff_len="
@@ -56,6 +60,26 @@ def tokenize_rows(rows: list[dict], tok, template: str, cutoff_len: int | None =
     if not out.input_ids:
         raise DataError(f"no training example fits train.cutoff_len={cutoff_len}")
     return out
+
+
+def check_renders(examples: list[Example], templates: list[str], tok_loader, needs_template: bool = True) -> None:
+    """Encode one example of every conversation shape (system turn or not, number of turns) with each
+    chat-route template in ``templates``; a conversation the tokenizer's chat template rejects is a
+    ``DataError`` naming the record and its id. ``tok_loader`` is called only when there is a chat
+    template to check; ``needs_template=False`` skips a tokenizer without one (the caller falls back)."""
+    if "chat" not in templates:
+        return
+    tok = tok_loader()
+    if not needs_template and not getattr(tok, "chat_template", None):
+        return
+    shapes = {}
+    for ex in examples:
+        shapes.setdefault((bool(ex.system), len(ex.history)), ex)
+    for ex in shapes.values():
+        try:
+            encode_example(tok, "chat", ex.instruction, ex.response or " ", ex.system, history=ex.history)
+        except DataError as e:
+            raise DataError(f"{ex.location}: conversation {ex.id!r}: {e}") from None
 
 
 def right_pad(seqs: list[list[int]], pad_id: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
 """Step 1: the seed model rewrites every reference answer in its own words, on one rank or many.
 
 Stage entry: ``run_distill(ctx)``. Output (``<output_dir>/distill``, paths from ``RunLayout``):
-- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order
+- ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order; a
+  multi-turn conversation has one ``{id, turn, rewrite, prompt_tokens}`` record per rewritten assistant
+  turn (``distill.turns``), each prompted with the conversation before it
   (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``; with
   ``generation.engine=hf`` also ``batch``, the batch it was sampled in by its first id, and ``batch_size``).
 - ``generation_config.json``: template, sampling settings and model, written before the first batch;
@@ -32,7 +34,7 @@ import logging
 
 from sdft.config.schema import RunConfig
 from sdft.context import RunContext
-from sdft.data.examples import Example
+from sdft.data.examples import Example, RewriteUnit, record_key, rewrite_units
 from sdft.distributed import runtime
 from sdft.errors import StageError
 from sdft.layout import RunLayout
@@ -86,27 +88,30 @@ def read_done(layout: RunLayout, repair: bool = False) -> dict[str, dict]:
                 log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run", f, removed)
             if f.exists() and len(whole := _whole_batches(records := read_jsonl(f), f)) < len(records):
                 write_jsonl(f, whole)
-    merged = {r["id"]: r for r in read_jsonl(layout.rewrites)} if layout.rewrites.exists() else {}
+    merged = {record_key(r): r for r in read_jsonl(layout.rewrites)} if layout.rewrites.exists() else {}
     done: dict[str, dict] = dict(merged)
     for part in layout.rewrites_parts():
         records = read_jsonl(part)
-        if repair and merged and all(r["id"] in merged for r in records):
+        if repair and merged and all(record_key(r) in merged for r in records):
             log.warning("%s: removing a part already merged into %s", part, layout.rewrites.name)
             remove(part)
             continue
         for rec in records:
-            if rec["id"] in merged:
+            key = record_key(rec)
+            if key in merged:
                 continue
-            if rec["id"] in done:
-                raise StageError(f"{part}: id {rec['id']!r} was written twice; the distill output is corrupt")
-            done[rec["id"]] = rec
+            if key in done:
+                raise StageError(f"{part}: {key!r} was written twice; the distill output is corrupt")
+            done[key] = rec
     return done
 
 
 def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, tok) -> dict:
     """Generate a rewrite for every example not done yet; call on every rank. Returns a summary."""
     world, rank = runtime.world_size(), runtime.rank()
-    prompts, too_long = _encode(cfg, examples, tok)
+    units = rewrite_units(examples, cfg.distill.turns)
+    by_key = {u.key: u for u in units}
+    prompts, too_long = _encode(cfg, units, tok)
     d = cfg.distill
     if d.mode == "zero3" and world > 1 and not d.zero3_gather:  # only generate's synced_gpus gathers per layer
         resolve_switch("generation.engine", cfg.generation.engine, "distill.zero3_gather=false gathers each layer at "
@@ -126,44 +131,48 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
     runtime.barrier()
     done = read_done(layout)
     if rank == 0:
-        append_jsonl(layout.rewrites_part(0), [r for r in too_long if r["id"] not in done])
+        append_jsonl(layout.rewrites_part(0), [r for r in too_long if record_key(r) not in done])
         if too_long:
             log.warning("distill: %d prompt(s) longer than distill.cutoff_len=%d keep their original answer",
                         len(too_long), cfg.distill.cutoff_len)
         if done:
-            log.info("distill: resuming, %d/%d examples already done", len(done), len(examples))
+            log.info("distill: resuming, %d/%d answers already done", len(done), len(units))
     shards = balanced_shards({i: len(p) for i, p in prompts.items()}, world)
     mine = {i: prompts[i] for i in shards[rank]}
     if d.mode == "zero3" and world > 1 and engine == "hf":
-        _generate_zero3(cfg, model, tok, shards, prompts, set(done), layout)
+        _generate_zero3(cfg, model, tok, shards, prompts, set(done), layout, by_key)
     else:
         # ZeRO-3 with the continuous engine: the whole model is gathered once, on every rank (a collective,
         # so also on a rank with nothing left to do), for all of this rank's prompts.
         with _gathered(model) if d.mode == "zero3" and world > 1 else contextlib.nullcontext():
             for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
                                           engine=engine, skip=set(done), desc="distill"):
-                append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine))
+                append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine, by_key))
                 maybe_kill("distill_batch")
     runtime.barrier()
     if rank == 0:
-        _merge(layout, examples)
+        _merge(layout, units)
     runtime.barrier()
-    return {"examples": len(examples), "generated": len(prompts), "prompt_too_long": len(too_long),
+    return {"examples": len(examples), "turns": len(units), "generated": len(prompts), "prompt_too_long": len(too_long),
             "world_size": world, "mode": cfg.distill.mode if world > 1 else "single", "generation_config": record}
 
 
-def _encode(cfg: RunConfig, examples: list[Example], tok) -> tuple[dict[str, list[int]], list[dict]]:
-    """The rewrite prompts by id, and the records of the examples whose prompt is too long."""
+def _encode(cfg: RunConfig, units: list[RewriteUnit], tok) -> tuple[dict[str, list[int]], list[dict]]:
+    """The rewrite prompts by unit key, and the records of the units whose prompt is too long."""
     template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
     prompts, too_long = {}, []
-    for ex in examples:
-        ids = encode_prompt(tok, template, ex.instruction, reference=ex.response, system=ex.system)
+    for u in units:
+        ids = encode_prompt(tok, template, u.instruction, reference=u.reference, system=u.system, history=u.history)
         if len(ids) > cfg.distill.cutoff_len:
-            too_long.append({"id": ex.id, "rewrite": None, "prompt_tokens": len(ids),
+            too_long.append({**_unit_fields(u), "rewrite": None, "prompt_tokens": len(ids),
                              "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={cfg.distill.cutoff_len})"})
         else:
-            prompts[ex.id] = ids
+            prompts[u.key] = ids
     return prompts, too_long
+
+
+def _unit_fields(u: RewriteUnit) -> dict:
+    return {"id": u.id} if u.turn is None else {"id": u.id, "turn": u.turn}
 
 
 def _gathered(model):
@@ -172,15 +181,15 @@ def _gathered(model):
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
-def _records(batch: dict[str, str], prompts: dict[str, list[int]], engine: str) -> list[dict]:
-    """A generated batch's records. With ``hf`` each names its batch (its first id) and the batch's size:
+def _records(batch: dict[str, str], prompts: dict[str, list[int]], engine: str, units: dict[str, RewriteUnit]) -> list[dict]:
+    """A generated batch's records. With ``hf`` each names its batch (its first key) and the batch's size:
     the texts of a batch were sampled together, so a batch is kept whole or not at all
-    (``_whole_batches``). The continuous engine's texts are each the example's own."""
+    (``_whole_batches``). The continuous engine's texts are each the unit's own."""
     if engine != "hf":
-        return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i])} for i, text in batch.items()]
+        return [{**_unit_fields(units[k]), "rewrite": text, "prompt_tokens": len(prompts[k])} for k, text in batch.items()]
     first = next(iter(batch))
-    return [{"id": i, "rewrite": text, "prompt_tokens": len(prompts[i]), "batch": first, "batch_size": len(batch)}
-            for i, text in batch.items()]
+    return [{**_unit_fields(units[k]), "rewrite": text, "prompt_tokens": len(prompts[k]), "batch": first,
+             "batch_size": len(batch)} for k, text in batch.items()]
 
 
 def _whole_batches(records: list[dict], path) -> list[dict]:
@@ -199,18 +208,19 @@ def _whole_batches(records: list[dict], path) -> list[dict]:
     return [r for r in records if r.get("batch") not in partial]
 
 
-def _merge(layout: RunLayout, examples: list[Example]) -> None:
+def _merge(layout: RunLayout, units: list[RewriteUnit]) -> None:
     """Rank 0: all parts -> ``rewrites.jsonl`` in data-set order (atomic), then drop the parts."""
     done = read_done(layout)
-    missing = [ex.id for ex in examples if ex.id not in done]
+    missing = [u.key for u in units if u.key not in done]
     if missing:
-        raise StageError(f"distill finished with {len(missing)} examples missing (e.g. {missing[0]!r})")
-    write_jsonl(layout.rewrites, [done[ex.id] for ex in examples])
+        raise StageError(f"distill finished with {len(missing)} answers missing (e.g. {missing[0]!r})")
+    write_jsonl(layout.rewrites, [done[u.key] for u in units])
     for part in layout.rewrites_parts():
         remove(part)
 
 
-def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str], layout: RunLayout) -> None:
+def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str], layout: RunLayout,
+                    units: dict[str, RewriteUnit]) -> None:
     """ZeRO-3: every rank makes the same number of generate calls (stand-ins when out of work)."""
     import deepspeed
     import torch
@@ -232,5 +242,5 @@ def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str],
             elif not gather:  # a stand-in prompt keeps this rank in every per-layer gather
                 generate_texts(model, tok, [[tok.eos_token_id]], d.sampling, synced_gpus=True)
         if batch:
-            append_jsonl(layout.rewrites_part(rank), _records(dict(zip(batch, texts)), prompts, "hf"))
+            append_jsonl(layout.rewrites_part(rank), _records(dict(zip(batch, texts)), prompts, "hf", units))
             maybe_kill("distill_batch")

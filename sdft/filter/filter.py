@@ -7,6 +7,11 @@ The output (``filter/train.jsonl``) has exactly one row per input example (the d
 shrinks), with provenance: ``{id, instruction, system, response, original, rewrite, kept, reason,
 detail}``; ``response`` is what training uses. ``reason`` is ``accepted``, ``rejected:<gate>``,
 ``no_rewrite`` or the distill skip reason (``prompt_too_long``); ``stats.json`` counts them.
+
+A multi-turn conversation is one row too: each rewritten assistant turn is gated on its own, against its
+own reference, and falls back to its original alone. The row's ``history`` holds the earlier turns as
+training sees them, ``turns`` the provenance of every gated turn (``{turn, original, rewrite, kept,
+reason, detail}``), and the top-level fields describe the last turn as for a single-turn example.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 from collections import Counter
 
 from sdft.context import RunContext
-from sdft.data.examples import Example
+from sdft.data.examples import Example, RewriteUnit, record_key, rewrite_units
 from sdft.errors import StageError
 from sdft.gates import resolve_gate, run_gate
 from sdft.utils.io import atomic_write_json, read_jsonl, write_jsonl
@@ -25,8 +30,8 @@ log = logging.getLogger(__name__)
 
 def run_filter(ctx: RunContext) -> dict:
     """The filter stage (rank 0): gate every rewrite of the distill stage."""
-    rewrites = {r["id"]: r for r in read_jsonl(ctx.layout.rewrites)}
-    return _write(ctx, *filter_rewrites(ctx.train_examples()[0], rewrites, ctx.cfg.filter.gates))
+    rewrites = {record_key(r): r for r in read_jsonl(ctx.layout.rewrites)}
+    return _write(ctx, *filter_rewrites(ctx.train_examples()[0], rewrites, ctx.cfg.filter.gates, ctx.cfg.distill.turns))
 
 
 def keep_originals(ctx: RunContext) -> dict:
@@ -42,41 +47,65 @@ def _write(ctx: RunContext, rows: list[dict], stats: dict) -> dict:
     return stats
 
 
-def filter_rewrites(examples: list[Example], rewrites: dict[str, dict], gate_names: list[str]) -> tuple[list[dict], dict]:
-    """Gate each example's rewrite (joined by id). Returns (rows, stats).
+def filter_rewrites(examples: list[Example], rewrites: dict[str, dict], gate_names: list[str],
+                    turns: str = "all") -> tuple[list[dict], dict]:
+    """Gate each rewritten answer (joined by unit key: the id, or id and turn). Returns (rows, stats).
 
-    ``rewrites`` maps id -> a distill record ({"rewrite": str | None, "skipped": reason?}).
-    Every example yields a row; one without a usable rewrite keeps its original answer.
+    ``rewrites`` maps a unit key -> a distill record ({"rewrite": str | None, "skipped": reason?}).
+    Every example yields a row; an answer without a usable rewrite keeps its original. ``stats`` counts
+    answers (one per example for single-turn data).
     """
     gates = [(name, resolve_gate(name)) for name in gate_names]
-    ids = {ex.id for ex in examples}
-    unknown = sorted(set(rewrites) - ids)
+    units = rewrite_units(examples, turns)
+    unknown = sorted(set(rewrites) - {u.key for u in units})
     if unknown:
         raise StageError(f"{len(unknown)} rewrite(s) have ids not in the training data (e.g. {unknown[0]!r}): "
-                         "the distill output belongs to another data set; delete it or use another output_dir")
-    rows, reasons = [], Counter()
-    for ex in examples:
-        rec = rewrites.get(ex.id)
-        rewrite = None if rec is None else rec.get("rewrite")
-        detail = ""
-        if rec is None:
-            kept, reason = False, "no_rewrite"
-        elif rewrite is None:
-            kept, reason = False, (rec.get("skipped") or "no_rewrite").split(" ")[0]
-            detail = rec.get("skipped", "")
-        else:
-            rewrite = rewrite.strip()
-            kept, reason = True, "accepted"
-            for name, gate in gates:
-                res = run_gate(gate, name, rewrite, ex.response.strip())
-                if not res.passed:
-                    kept, reason, detail = False, f"rejected:{name}", res.detail
-                    break
-        reasons[reason] += 1
-        rows.append({**ex.to_dict(), "response": rewrite if kept else ex.response, "original": ex.response,
-                     "rewrite": rewrite, "kept": kept, "reason": reason, "detail": detail})
-    accepted = reasons.get("accepted", 0)
-    stats = {"total": len(rows), "accepted": accepted, "fallback": len(rows) - accepted,
-             "accepted_rate": accepted / len(rows) if rows else 0.0, "gates": gate_names,
+                         "the distill output belongs to another data set, or distill.turns changed; delete it or "
+                         "use another output_dir")
+    by_example: dict[str, list[dict]] = {}
+    reasons: Counter[str] = Counter()
+    for u in units:
+        verdict = _gate(u, rewrites.get(u.key), gates)
+        reasons[verdict["reason"]] += 1
+        by_example.setdefault(u.id, []).append(verdict)
+    rows = [_row(ex, by_example[ex.id]) for ex in examples]
+    accepted, total = reasons.get("accepted", 0), len(units)
+    stats = {"total": total, "accepted": accepted, "fallback": total - accepted,
+             "accepted_rate": accepted / total if total else 0.0, "gates": gate_names,
              "reasons": dict(reasons.most_common())}
+    if total != len(rows):
+        stats["examples"] = len(rows)
     return rows, stats
+
+
+def _gate(u: RewriteUnit, rec: dict | None, gates) -> dict:
+    """One answer's verdict: ``{turn, original, rewrite, kept, reason, detail, response}``."""
+    rewrite = None if rec is None else rec.get("rewrite")
+    detail = ""
+    if rec is None:
+        kept, reason = False, "no_rewrite"
+    elif rewrite is None:
+        kept, reason = False, (rec.get("skipped") or "no_rewrite").split(" ")[0]
+        detail = rec.get("skipped", "")
+    else:
+        rewrite = rewrite.strip()
+        kept, reason = True, "accepted"
+        for name, gate in gates:
+            res = run_gate(gate, name, rewrite, u.reference.strip())
+            if not res.passed:
+                kept, reason, detail = False, f"rejected:{name}", res.detail
+                break
+    return {"turn": u.turn, "original": u.reference, "rewrite": rewrite, "kept": kept, "reason": reason,
+            "detail": detail, "response": rewrite if kept else u.reference}
+
+
+def _row(ex: Example, verdicts: list[dict]) -> dict:
+    """The training row of an example: its last answer's verdict at the top level; for a conversation,
+    the earlier turns with their kept answers and every gated turn's provenance."""
+    last = {k: v for k, v in verdicts[-1].items() if k != "turn"}
+    row = {**ex.to_dict(), **last}
+    if ex.history:
+        answers = {v["turn"]: v["response"] for v in verdicts}
+        row["history"] = [[user, answers.get(k, answer)] for k, (user, answer) in enumerate(ex.history)]
+        row["turns"] = [{k: v for k, v in verdict.items() if k != "response"} for verdict in verdicts]
+    return row

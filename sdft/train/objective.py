@@ -181,7 +181,7 @@ class SFTObjective:
     batch's response tokens; micro-batches padded, or packed with ``train.packing``."""
 
     def __init__(self, t: TrainConfig, rows: list[dict], tok, world: int, rank: int):
-        data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength)
+        data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength, t.loss_turns)
         self.t, self.data, self.pad_id, self.world, self.rank = t, data, tok.pad_token_id, world, rank
         self.skipped_overlength = data.skipped_overlength
         # Counted once, not per step: the loss's denominator and the packing plan's input.

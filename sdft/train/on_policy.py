@@ -64,10 +64,11 @@ def encode_prompt_pairs(rows: list[dict], tok, cfg: RunConfig) -> PromptPairs:
     t, o = cfg.train, cfg.train.on_policy
     out = PromptPairs([], [], [], [])
     for row in rows:
-        system = row.get("system", "")
-        student = encode_prompt(tok, t.template, row["instruction"], system=system)
+        system, history = row.get("system", ""), row.get("history", ())
+        student = encode_prompt(tok, t.template, row["instruction"], system=system, history=history)
         teacher = encode_prompt(tok, t.template, o.teacher_template.format(instruction=row["instruction"],
-                                                                          demonstration=row["response"]), system=system)
+                                                                          demonstration=row["response"]),
+                                system=system, history=history)
         longest = max(len(student), len(teacher)) + o.sampling.max_new_tokens
         if longest > t.cutoff_len:
             if t.overlength == "error":

@@ -61,8 +61,7 @@ def run_train(ctx: RunContext) -> dict:
 def run_train_on_policy(ctx: RunContext) -> dict:
     """The train stage of on-policy self-distillation (every rank): the task data as it is, each
     reference answer the teacher's demonstration."""
-    rows = [{"id": ex.id, "instruction": ex.instruction, "response": ex.response, "system": ex.system}
-            for ex in ctx.train_examples()[0]]
+    rows = [ex.to_dict() for ex in ctx.train_examples()[0]]
     return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device)
 
 

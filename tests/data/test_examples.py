@@ -100,11 +100,90 @@ def test_unknown_layout_and_empty_and_missing_files(tmp_path):
         load_examples(tmp_path / "x.txt", DataConfig())
 
 
-def test_multi_turn_messages_are_refused_clearly(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}]
-    with pytest.raises(DataError, match=r"t\.jsonl:1: .*multi-turn"):
-        load_examples(_write(tmp_path / "t.jsonl", rows, "jsonl"), DataConfig())
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                {"role": "assistant", "content": "d"}]
+
+
+def test_multi_turn_messages_keep_their_history(tmp_path):
+    rows = [{"id": "c1", "messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}]
+    exs, _ = load_examples(_write(tmp_path / "t.jsonl", rows, "jsonl"), DataConfig())
+    assert (exs[0].id, exs[0].system, exs[0].history, exs[0].instruction, exs[0].response) == \
+        ("c1", "Be brief.", [["a", "b"]], "c", "d")
+    assert exs[0].turns() == [["a", "b"], ["c", "d"]]
+    assert exs[1].history == [] and exs[1].id == content_id("a", "b")  # single-turn ids as they always were
+    assert exs[1].to_dict() == {"id": exs[1].id, "instruction": "a", "response": "b", "system": ""}
+    # A conversation's content id covers its earlier turns.
+    again = load_examples(_write(tmp_path / "u.jsonl", [{"messages": CONVERSATION}], "jsonl"), DataConfig())[0]
+    other = [dict(t) for t in CONVERSATION]
+    other[2]["content"] = "B"
+    changed = load_examples(_write(tmp_path / "v.jsonl", [{"messages": other}], "jsonl"), DataConfig())[0]
+    assert again[0].id != changed[0].id
+
+
+def test_sharegpt_layouts(tmp_path):
+    sharegpt = [{"from": "system", "value": "S"}, {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
+                {"from": "human", "value": "c"}, {"from": "gpt", "value": "d", "weight": 1}]
+    lima = ["a", "b", "c", "d"]
+    exs, _ = load_examples(_write(tmp_path / "s.jsonl", [{"conversations": sharegpt}, {"conversations": lima}],
+                                  "jsonl"), DataConfig())
+    assert [(e.system, e.history, e.instruction, e.response) for e in exs] == \
+        [("S", [["a", "b"]], "c", "d"), ("", [["a", "b"]], "c", "d")]
+
+
+@pytest.mark.parametrize("turns,message", [
+    (CONVERSATION[:3] + [{"role": "assistant", "content": "x"}], "turns 3 and 4 are both assistant turns"),
+    (CONVERSATION[:3] + [{"role": "user", "content": "  "}, CONVERSATION[4]], r"turn 4 \(user\) has empty content"),
+    (CONVERSATION[:2] + [{"role": "tool", "content": "x"}], "field 'messages': turn 3 has role 'tool'; expected system, user or assistant"),
+    (CONVERSATION[:4], "the conversation ends with a user turn \\(turn 4\\)"),
+    ([{"role": "assistant", "content": "x"}], "the conversation starts with an assistant turn"),
+])
+def test_bad_conversations_name_file_line_and_conversation(tmp_path, turns, message):
+    path = _write(tmp_path / "t.jsonl", [{"messages": CONVERSATION}, {"id": "conv-7", "messages": turns}], "jsonl")
+    with pytest.raises(DataError, match=rf"t\.jsonl:2: conversation 'conv-7': {message}"):
+        load_examples(path, DataConfig())
+
+
+def test_gsm8k_preprocessing_is_the_papers():
+    from sdft.data.conversations import gsm8k_answer
+
+    raw = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nIn all she sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+    assert gsm8k_answer(raw) == ("Natalia sold 48/2 = 24 clips in May.\nIn all she sold 48+24 = 72 clips.\n"
+                                 "The answer is 72.")
+    assert gsm8k_answer("x #### 1,000") == "x\nThe answer is 1000." and gsm8k_answer("no marker") == "no marker"
+
+
+def test_hub_data_sets_load_through_datasets_with_config_and_split(tmp_path):
+    from tests.hub_layout import hub, write_hub_repo
+
+    repo = write_hub_repo(tmp_path / "gsm8k", {
+        "main/train-00000-of-00001.parquet": [{"question": "q1", "answer": "a <<1+1=2>>2 #### 2"},
+                                              {"question": "q2", "answer": "b #### 3"}],
+        "main/test-00000-of-00001.parquet": [{"question": "q3", "answer": "c #### 4"}]},
+        configs={"main": {"train": "main/train-*", "test": "main/test-*"}})
+    cfg = DataConfig(instruction_field="question", output_field="answer", preprocess="gsm8k")
+    exs, _ = load_examples(hub(repo, config="main", split="train"), cfg)
+    assert [(e.instruction, e.response) for e in exs] == [("q1", "a 2\nThe answer is 2."), ("q2", "b\nThe answer is 3.")]
+    assert exs[1].location == f"{hub(repo, config='main', split='train')}[row 1]"
+    with pytest.raises(DataError, match=r"Unknown split \"validation\". Should be one of \['train', 'test'\]"):
+        load_examples(hub(repo, config="main", split="validation"), cfg)
+    with pytest.raises(DataError, match="BuilderConfig 'nope' not found"):
+        load_examples(hub(repo, config="nope", split="train"), cfg)
+    with pytest.raises(DataError, match=r"has splits \['train', 'test'\]; name one"):
+        load_examples(hub(repo, config="main"), cfg)
+
+
+def test_an_unreachable_hub_data_set_is_named(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match=r"hub:no-such-user/no-such-set\?split=train: cannot reach the data set "
+                                        r"'no-such-user/no-such-set' on the hub"):
+        load_examples("hub:no-such-user/no-such-set?split=train", DataConfig())
 
 
 def test_limit_and_prompts_without_responses(tmp_path):

@@ -66,7 +66,7 @@ def test_sigkill_mid_distill_then_rerun_equals_an_unbroken_run(tiny_config, tmp_
     assert 0 < len(partial) < 12 and not (out / "distill" / "COMPLETE.json").exists()
     resumed = run_cli("distill", str(path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    done = int(re.search(r"resuming, (\d+)/12 examples already done", resumed.stderr).group(1))
+    done = int(re.search(r"resuming, (\d+)/12 answers already done", resumed.stderr).group(1))
     assert 0 < done < 12 and done == len(partial)
     got = {json.loads(x)["id"]: json.loads(x) for x in (out / "distill" / "rewrites.jsonl").read_text().splitlines()}
     assert len(got) == 12 == len((out / "distill" / "rewrites.jsonl").read_text().splitlines())

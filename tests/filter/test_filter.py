@@ -34,3 +34,48 @@ def test_missing_rewrites_fall_back_and_foreign_ids_are_refused():
 def test_rewrites_are_stripped_before_gating():
     rows, _ = filter_rewrites(EXS[:1], {"e0": {"id": "e0", "rewrite": "  0 \n"}}, ["math"])
     assert rows[0]["response"] == "0"
+
+
+CONV = Example(id="c", instruction="q2", response="The answer is 2.", system="S",
+               history=[["q0", "The answer is 0."], ["q1", "The answer is 1."]])
+
+
+def test_each_turn_of_a_conversation_is_gated_on_its_own_and_trained_as_kept(tiny_tok):
+    """Turn 0 fails the math gate, turn 1 passes, the last turn fails: only turn 1 takes its rewrite, and
+    training puts the loss on exactly the kept answers (every turn, or the last)."""
+    from sdft.data.tokenize import tokenize_rows
+
+    rewrites = {"c#turn0": {"id": "c", "turn": 0, "rewrite": "It is 5."},
+                "c#turn1": {"id": "c", "turn": 1, "rewrite": " One and zero make 1. "},
+                "c#turn2": {"id": "c", "turn": 2, "rewrite": "Your response: 2"},
+                "e0": {"id": "e0", "rewrite": "0"}}
+    rows, stats = filter_rewrites([CONV, EXS[0]], rewrites, ["ban_list", "math"])
+    row = rows[0]
+    assert row["history"] == [["q0", "The answer is 0."], ["q1", "One and zero make 1."]]
+    assert (row["instruction"], row["response"], row["reason"]) == ("q2", "The answer is 2.", "rejected:ban_list")
+    assert [(t["turn"], t["kept"], t["reason"]) for t in row["turns"]] == \
+        [(0, False, "rejected:math"), (1, True, "accepted"), (2, False, "rejected:ban_list")]
+    assert rows[1]["response"] == "0" and "history" not in rows[1] and "turns" not in rows[1]
+    assert stats["total"] == 4 and stats["accepted"] == 2 and stats["examples"] == 2
+
+    for loss_turns, trained in [("all", ["The answer is 0.", "One and zero make 1.", "The answer is 2."]),
+                                ("last", ["The answer is 2."])]:
+        data = tokenize_rows(rows[:1], tiny_tok, "chat", loss_turns=loss_turns)
+        ids, labels = data.input_ids[0], data.labels[0]
+        spans, cur = [], []
+        for t, lab in zip(ids + [None], labels + [-100]):
+            if lab != -100:
+                cur.append(t)
+            elif cur:
+                spans.append(tiny_tok.decode(cur))
+                cur = []
+        assert spans == [s + "<|im_end|>\n" for s in trained]
+        assert tiny_tok.decode(ids).count("<|im_start|>user\n") == 3
+
+
+def test_only_the_last_turn_is_rewritten_with_distill_turns_last():
+    rows, stats = filter_rewrites([CONV], {"c#turn2": {"id": "c", "turn": 2, "rewrite": "2"}}, ["math"], turns="last")
+    assert rows[0]["history"] == CONV.history and rows[0]["response"] == "2"
+    assert [t["turn"] for t in rows[0]["turns"]] == [2] and stats["total"] == 1
+    with pytest.raises(StageError, match="distill.turns changed"):
+        filter_rewrites([CONV], {"c#turn0": {"id": "c", "turn": 0, "rewrite": "0"}}, ["math"], turns="last")

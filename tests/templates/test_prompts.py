@@ -92,3 +92,80 @@ def test_chat_template_required(tiny_tok):
     tok.chat_template = None
     with pytest.raises(ConfigError, match="needs a tokenizer with a chat template"):
         encode_prompt(tok, "chat", Q)
+
+
+HISTORY = [["Hi.", "Hello!"], ["What is 1+1?", "Two."]]
+
+
+def _trained(tok, ids, labels) -> list[str]:
+    """The trained spans of a sequence, decoded one span at a time."""
+    spans, cur = [], []
+    for t, lab in zip(ids, labels):
+        if lab != -100:
+            assert lab == t
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    return spans + ([tok.decode(cur)] if cur else [])
+
+
+@pytest.mark.parametrize("train_history", [True, False])
+def test_chat_conversation_trains_on_assistant_turns_only(tiny_tok, train_history):
+    ids, labels = encode_example(tiny_tok, "chat", Q, "Five.", system="Be brief.", history=HISTORY,
+                                 train_history=train_history)
+    assert tiny_tok.decode(ids) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\n"
+        "Hello!<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\nTwo.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\nFive.<|im_end|>\n")
+    earlier = ["Hello!<|im_end|>\n", "Two.<|im_end|>\n"] if train_history else []
+    assert _trained(tiny_tok, ids, labels) == earlier + ["Five.<|im_end|>\n"]
+    prompt = encode_prompt(tiny_tok, "chat", Q, system="Be brief.", history=HISTORY)
+    assert ids[:len(prompt)] == prompt  # what is trained last is what generation continues with
+
+
+@pytest.mark.parametrize("template", ["alpaca", "math"])
+def test_text_template_conversation_repeats_the_turn_block(tiny_tok, template):
+    from sdft.templates import TEXT_TEMPLATES
+
+    ids, labels = encode_example(tiny_tok, template, Q, "5", history=HISTORY, train_history=True)
+    eos, turn = tiny_tok.eos_token, TEXT_TEMPLATES[template].turn
+    assert tiny_tok.decode(ids) == (prompt_text(template, "Hi.") + "Hello!" + eos + "\n\n"
+                                    + turn.format(instruction="What is 1+1?") + "Two." + eos + "\n\n"
+                                    + turn.format(instruction=Q) + "5" + eos)
+    assert _trained(tiny_tok, ids, labels) == ["Hello!" + eos, "Two." + eos, "5" + eos]
+    # The prompt of a conversation is its training sequence up to the last answer.
+    prompt = encode_prompt(tiny_tok, template, Q, history=HISTORY)
+    assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + len("5") + 1
+
+
+def test_distill_prompt_shows_only_the_last_turns_reference(tiny_tok):
+    text = tiny_tok.decode(encode_prompt(tiny_tok, "using", Q, reference=REF, history=HISTORY))
+    assert text.count("### Reference Answer:") == 1 and text.count("### Instruction:") == 3
+    assert text.index("Hello!") < text.index("### Reference Answer:\n" + REF)
+    chat = tiny_tok.decode(encode_prompt(tiny_tok, "chat", Q, reference=REF, history=HISTORY))
+    assert chat.startswith("<|im_start|>user\nHi.<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n")
+    assert chat.count("### Reference Answer:") == 1
+
+
+def test_a_template_that_rejects_a_conversation_and_one_that_rewrites_history(tiny_tok):
+    from sdft.errors import DataError
+    from sdft.models.builtin import build_tiny_tokenizer
+
+    strict = build_tiny_tokenizer()
+    strict.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                            "{{ raise_exception('System role not supported') }}{% endif %}"
+                            "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(DataError, match="chat template rejects this conversation: System role not supported"):
+        encode_example(strict, "chat", Q, "5", system="Be brief.")
+    # A template that renders earlier answers differently once later turns follow (as Qwen3 drops their
+    # reasoning) cannot train on every turn: refused, while the last turn alone is fine.
+    lossy = build_tiny_tokenizer()
+    lossy.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' "
+                           "and not loop.last %}...{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(ConfigError, match="train.loss_turns=last"):
+        encode_example(lossy, "chat", Q, "5", history=HISTORY, train_history=True)
+    ids, labels = encode_example(lossy, "chat", Q, "5", history=HISTORY, train_history=False)
+    assert _trained(lossy, ids, labels) == ["5<|im_end|>\n"]

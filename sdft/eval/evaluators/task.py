@@ -17,7 +17,8 @@ def task_accuracy(model, ctx: EvalContext, examples: list[Example], template: st
     Returns the metrics and one row per example (prediction, reference, verdict and its reason).
     """
     gate = resolve_gate(checker, option="eval.checker")
-    prompts = {ex.id: encode_prompt(ctx.tok, template, ex.instruction, system=ex.system) for ex in examples}
+    prompts = {ex.id: encode_prompt(ctx.tok, template, ex.instruction, system=ex.system, history=ex.history)
+               for ex in examples}
     answers = ctx.generate(model, prompts, seed, desc="task")
     rows, correct = [], 0
     for ex in examples:

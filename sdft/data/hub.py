@@ -1,0 +1,49 @@
+"""Records of a data set on a hub, read through ``datasets.load_dataset``.
+
+Only a config that names a ``hub:`` source fetches anything; ``datasets`` caches what it fetched, so
+the preflight's read and the stage's read download once. Every failure (no network, a name that does
+not exist, a gated repository, an unknown configuration or split) becomes a ``DataError`` naming the
+data set, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sdft.config.sources import HubSource
+from sdft.data.records import RawRecord
+from sdft.errors import DataError
+
+
+def read_hub(src: HubSource) -> Iterator[RawRecord]:
+    """Yield the rows of ``src``'s split, each located as ``<spec>[row i]``."""
+    ds = _load(src)
+    for i, row in enumerate(ds):
+        yield RawRecord(f"{src.spec}[row {i}]", dict(row))
+
+
+def _load(src: HubSource):
+    import datasets
+
+    kwargs = {"revision": src.revision, "data_files": src.data_files}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        loaded = datasets.load_dataset(src.name, src.config, split=src.split or None, **kwargs)
+    except ConnectionError as e:
+        raise DataError(f"{src.spec}: cannot reach the data set {src.name!r} on the hub ({e}); check the name "
+                        "and the network (HF_HUB_OFFLINE=1 forbids any download), or point at a local copy") from None
+    except FileNotFoundError as e:
+        raise DataError(f"{src.spec}: no data set {src.name!r} (or no files matching data_files) on the hub "
+                        f"or on disk ({e})") from None
+    except ValueError as e:  # unknown split or configuration: datasets lists what exists
+        raise DataError(f"{src.spec}: {e}") from None
+    except Exception as e:  # gated or private repositories, auth, scripts datasets no longer runs
+        if type(e).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "requests", "fsspec"):
+            raise
+        raise DataError(f"{src.spec}: loading {src.name!r} failed: {type(e).__name__}: {e}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise DataError(f"{src.spec}: has splits {list(loaded)}; name one, e.g. "
+                            f"{src.spec}{'&' if '?' in src.spec else '?'}split={next(iter(loaded))}")
+        loaded = next(iter(loaded.values()))
+    return loaded
