@@ -106,3 +106,21 @@ def test_known_errors_print_one_line_and_others_their_traceback(tmp_path, tiny_m
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: CUDA out of memory" in err and "sdft: unexpected error" in err
+
+
+def test_a_hub_data_set_that_cannot_be_read_stops_before_any_work(tmp_path, tiny_model_dir):
+    from tests.hub_layout import hub, write_hub_repo
+
+    out = tmp_path / "o"
+    res = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
+                  "data.train=hub:no-such-user/no-such-set?split=train", env={"HF_DATASETS_OFFLINE": "1"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "hub:no-such-user/no-such-set?split=train: cannot reach the data set 'no-such-user/no-such-set'" in res.stderr
+    assert not out.exists()
+    repo = write_hub_repo(tmp_path / "repo", {"train.jsonl": [{"question": "q", "answer": "1"}]})
+    res = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
+                  f"data.train={hub(repo, split='validation')}")
+    assert res.returncode == 2 and 'Unknown split "validation". Should be one of [\'train\']' in res.stderr
+    assert not out.exists()
+    res = run_cli("run", str(EXAMPLES / "tiny.yaml"), f"data.test={hub(repo, split='train')}&splt=x")
+    assert res.returncode == 2 and "data.test=" in res.stderr and "unknown key 'splt'" in res.stderr

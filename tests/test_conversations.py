@@ -83,3 +83,23 @@ def test_bad_conversations_stop_before_any_work_with_exit_2(conversations, tmp_p
     assert "train.jsonl:2: conversation 'conv1': the tokenizer's chat template rejects this conversation: " \
            "System role not supported" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_distill_of_conversations_resumes_without_losing_or_repeating_a_turn(conversations, tmp_path):
+    """Sampled rewrites (the paper's settings), 3 slots: a kill after the second append, then a resume,
+    gives every turn's record once, and the same texts as an unbroken run (each turn's sample is keyed
+    by its own id and turn)."""
+    sampled = {"do_sample": True, "max_new_tokens": 8}
+    path, out = conversations(distill={"template": "chat", "batch_size": 3, "sampling": sampled})
+    killed = run_cli("distill", str(path), env={"SDFT_KILL_AT": "distill_batch:2"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_cli("distill", str(path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "answers already done" in resumed.stderr
+    lines = (out / "distill" / "rewrites.jsonl").read_text().splitlines()
+    keys = [(r["id"], r.get("turn")) for r in map(json.loads, lines)]
+    assert len(keys) == len(set(keys)) == 12
+    unbroken = run_cli("distill", str(path), f"output_dir={tmp_path / 'unbroken'}")
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    assert (tmp_path / "unbroken" / "distill" / "rewrites.jsonl").read_text().splitlines() == lines

@@ -117,12 +117,12 @@ def content_id(instruction: str, response: str, system: str = "", history: list 
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def detect_format(fields: dict[str, Any], cfg: DataConfig) -> str:
+def detect_format(fields: dict[str, Any], cfg: DataConfig, response_required: bool = True) -> str:
     if cfg.messages_field in fields:
         return "messages"
     if cfg.conversations_field in fields:
         return "sharegpt"
-    if cfg.instruction_field in fields and cfg.output_field in fields:
+    if cfg.instruction_field in fields and (cfg.output_field in fields or not response_required):
         return "alpaca"
     if cfg.prompt_field in fields:
         return "prompt_response"
@@ -197,7 +197,7 @@ def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
         try:
             if rec.fields is None:
                 raise DataError(rec.error)
-            fmt = fmt or detect_format(rec.fields, cfg)
+            fmt = fmt or detect_format(rec.fields, cfg, response_required)
             ex = to_example(rec.fields, fmt, cfg, response_required=response_required)
         except DataError as e:
             msg = f"{rec.location}: {e}"

@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sdft.config.sources import HubSource
-from sdft.data.records import RawRecord
 from sdft.errors import DataError
 
 
-def read_hub(src: HubSource) -> Iterator[RawRecord]:
-    """Yield the rows of ``src``'s split, each located as ``<spec>[row i]``."""
+def hub_rows(src: HubSource) -> Iterator[tuple[str, dict]]:
+    """Yield ``(location, row)`` for the rows of ``src``'s split, each located as ``<spec>[row i]``."""
     ds = _load(src)
     for i, row in enumerate(ds):
-        yield RawRecord(f"{src.spec}[row {i}]", dict(row))
+        yield f"{src.spec}[row {i}]", dict(row)
 
 
 def _load(src: HubSource):
@@ -37,6 +36,11 @@ def _load(src: HubSource):
                         f"or on disk ({e})") from None
     except ValueError as e:  # unknown split or configuration: datasets lists what exists
         raise DataError(f"{src.spec}: {e}") from None
+    except RuntimeError as e:
+        if "scripts are no longer supported" not in str(e):
+            raise
+        raise DataError(f"{src.spec}: {src.name!r} is a loading script, which datasets no longer runs; read its data "
+                        f"files instead: hub:json?data_files=hf://datasets/{src.name}/<file>&split=train") from None
     except Exception as e:  # gated or private repositories, auth, scripts datasets no longer runs
         if type(e).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "requests", "fsspec"):
             raise

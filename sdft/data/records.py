@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdft.config.sources import is_hub, parse_hub
+from sdft.data.hub import hub_rows
 from sdft.errors import DataError
 
 
@@ -32,9 +33,8 @@ class RawRecord:
 def read_records(path: str | Path) -> Iterator[RawRecord]:
     """Yield the records of a data file, a saved ``datasets`` folder or a ``hub:`` data set, in order."""
     if is_hub(str(path)):
-        from sdft.data.hub import read_hub
-
-        yield from read_hub(parse_hub(str(path)))
+        for location, fields in hub_rows(parse_hub(str(path))):
+            yield RawRecord(location, fields)
         return
     path = Path(path)
     if not path.exists():

@@ -8,6 +8,11 @@ BOS convention is kept: a BOS id is prepended only when the tokenizer adds one t
 
 The ``chat`` template instead renders through the tokenizer's own chat template (a user turn with
 the instruction, plus the reference answer when distilling), for modern chat models.
+
+A multi-turn conversation comes as ``history`` (its earlier ``[user, assistant]`` turns) before the
+last turn: the chat route puts them in the message list; a text template renders each earlier turn
+with its turn block, the answer and EOS (the reference, when distilling, is shown for the last turn
+only). Training can put the loss on every assistant turn or on the last.
 """
 
 from __future__ import annotations
