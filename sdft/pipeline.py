@@ -197,8 +197,10 @@ class Pipeline:
             raise StageError(f"{path} exists but its input stage {up} is not complete; delete {path.parent}")
         found = self.record(name)["inputs"]
         expected = self._expected(name)
-        if found != expected:
-            diff = ", ".join(_diff_keys(found, expected)[:6])
+        # A setting added to sdft after the record was written, left at its default, changes nothing.
+        differs = _diff_keys(found, expected, self.stages[name].inputs(RunConfig()))
+        if differs:
+            diff = ", ".join(differs[:6])
             raise StageError(f"{path.parent} was completed with a different config (differs in: {diff}); "
                              f"use a new output_dir, or pass --force to redo {name} and what follows it")
         return True
@@ -214,10 +216,16 @@ class Pipeline:
         return {**stage.inputs(self.ctx.cfg), "upstream": upstream}
 
 
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
+def _diff_keys(found, expected, defaults=None, prefix: str = "") -> list[str]:
+    """The dotted keys where a record's ``found`` inputs and the ``expected`` ones differ; a key the record
+    lacks whose expected value is its default (in ``defaults``, the inputs of a default config) is a
+    setting newer than the record, and does not count."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        for k in sorted(set(found) | set(expected)):
+            if k not in found and k in defaults and expected[k] == defaults[k]:
+                continue
+            out += _diff_keys(found.get(k), expected.get(k), defaults.get(k), f"{prefix}{k}.")
         return out
-    return [] if a == b else [prefix.rstrip(".")]
+    return [] if found == expected else [prefix.rstrip(".")]

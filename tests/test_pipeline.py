@@ -58,3 +58,20 @@ def test_the_vanilla_arm_keeps_every_original_answer(tiny_config):
     assert len(rows) == 5 and all(r["response"] == r["original"] and r["reason"] == "no_rewrite" for r in rows)
     assert json.loads((out / "vanilla" / "filter" / "COMPLETE.json").read_text())["inputs"]["vanilla"] is True
     assert not (out / "distill").exists()
+
+
+def test_a_record_older_than_a_new_setting_stays_valid_while_that_setting_is_at_its_default(tiny_config):
+    """A record written before sdft grew a setting lacks its key: complete while the setting keeps its
+    default, refused (naming it) once it is changed."""
+    path, out = tiny_config(n_train=4)
+    ctx = RunContext(load_config(path))
+    Pipeline(ctx).run(["distill"])
+    record_path = out / "distill" / "COMPLETE.json"
+    record = json.loads(record_path.read_text())
+    del record["inputs"]["distill"]["turns"], record["inputs"]["data"]["preprocess"]  # as an older sdft wrote it
+    record_path.write_text(json.dumps(record))
+    assert Pipeline(ctx).is_complete("distill")
+    with pytest.raises(StageError, match=r"differs in: distill\.turns\)"):
+        Pipeline(RunContext(load_config(path, ["distill.turns=last"]))).is_complete("distill")
+    with pytest.raises(StageError, match=r"differs in: distill\.cutoff_len\)"):  # a key it has still counts
+        Pipeline(RunContext(load_config(path, ["distill.cutoff_len=999"]))).is_complete("distill")
