@@ -43,6 +43,29 @@ def test_two_rank_distill_equals_one_rank(tiny_config, tmp_path, mode):
     assert not list((out / "distill").glob("rewrites.part-*"))
 
 
+def test_sampled_rewrites_of_conversations_are_the_same_on_one_and_two_ranks(tiny_config, tmp_path):
+    """Every assistant turn of a multi-turn conversation is its own unit: sharded over ranks, sampled from
+    its own stream (id and turn), merged back in data-set order, one record per turn."""
+    sampled = {"sampling": {"do_sample": True, "max_new_tokens": 6}, "batch_size": 3, "template": "chat"}
+    path, out = tiny_config(distill=sampled)
+    convs = []
+    for i in range(5):
+        msgs = []
+        for k in range(1 + i % 3):
+            msgs += [{"role": "user", "content": f"What is {i + k} plus 1?" + " Please." * (i * 5)},
+                     {"role": "assistant", "content": f"The answer is {i + k + 1}."}]
+        convs.append({"id": f"c{i}", "messages": msgs})
+    write_jsonl(path.parent / "train.jsonl", convs)
+    one = run_cli("distill", str(path), f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_torchrun(2, "distill", str(path))
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rewrites(tmp_path / "one"), _rewrites(out)
+    assert [(r["id"], r.get("turn"), r["rewrite"]) for r in a] == [(r["id"], r.get("turn"), r["rewrite"]) for r in b]
+    assert [(r["id"], r.get("turn")) for r in b] == \
+        [(f"c{i}", None if i % 3 == 0 else k) for i in range(5) for k in range(1 + i % 3)]
+
+
 @pytest.mark.parametrize("mode", ["replica", "zero3"])
 def test_sampled_rewrites_are_the_same_on_one_and_two_ranks(tiny_config, tmp_path, mode):
     """The continuous engine's per-example seeds: an example's sampled text does not depend on the
