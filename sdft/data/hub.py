@@ -41,7 +41,7 @@ def _load(src: HubSource):
             raise
         raise DataError(f"{src.spec}: {src.name!r} is a loading script, which datasets no longer runs; read its data "
                         f"files instead: hub:json?data_files=hf://datasets/{src.name}/<file>&split=train") from None
-    except Exception as e:  # gated or private repositories, auth, scripts datasets no longer runs
+    except Exception as e:  # gated or private repositories, authentication
         if type(e).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "requests", "fsspec"):
             raise
         raise DataError(f"{src.spec}: loading {src.name!r} failed: {type(e).__name__}: {e}") from None

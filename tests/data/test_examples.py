@@ -233,3 +233,15 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, suffix):
     else:  # a whole-file format cannot be read past the bad byte
         with pytest.raises(DataError, match=rf"latin1\{suffix}:{line}: not UTF-8"):
             load_examples(path, skip)
+
+
+def test_a_loading_script_repository_is_refused_with_the_json_form_to_use(tmp_path):
+    from tests.hub_layout import hub, write_hub_repo
+
+    repo = write_hub_repo(tmp_path / "lima", {"train.jsonl": [{"conversations": ["a", "b"]}]})
+    (repo / "lima.py").write_text("import datasets\n")
+    with pytest.raises(DataError, match=r"is a loading script, which datasets no longer runs; read its data files "
+                                        r"instead: hub:json\?data_files=hf://datasets/"):
+        load_examples(hub(repo, split="train"), DataConfig())
+    exs, _ = load_examples(f"hub:json?data_files={repo}/train.jsonl&split=train", DataConfig())
+    assert (exs[0].instruction, exs[0].response) == ("a", "b")
