@@ -64,13 +64,3 @@ class RunContext:
         of turns) with each of ``templates`` that is the chat route, so that a bad record, or a role the
         tokenizer's chat template rejects, stops the command before any work, naming the record."""
         check_renders(self.train_examples()[0], templates, lambda: self.tok)
-
-    def check_held_out_data(self) -> None:
-        """Read the held-out sets the evaluators use (``data.test``, ``data.general_prompts``), as above."""
-        cfg, on = self.cfg, set(self.cfg.eval.evaluators)
-        if cfg.data.test and "task" in on:
-            examples = load_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)[0]
-            check_renders(examples, [cfg.eval.template or cfg.train.template], lambda: self.tok)
-        if cfg.data.general_prompts and "retention" in on:
-            prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
-            check_renders(prompts, ["chat"], lambda: self.tok, needs_template=False)

@@ -90,8 +90,7 @@ def _reads(stage: str, model: bool = True, train_data: bool = False) -> Callable
 
 def _eval_preflight(ctx: RunContext) -> None:
     _reads("eval")(ctx)
-    eval_preflight(ctx.cfg)
-    ctx.check_held_out_data()
+    eval_preflight(ctx)
 
 
 _TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))

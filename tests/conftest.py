@@ -107,6 +107,20 @@ def tiny_config(tmp_path, tiny_model_dir):
     return make
 
 
+def trained_spans(tok, ids: list[int], labels: list[int]) -> list[str]:
+    """The stretches of a training sequence that carry a loss, each decoded (a label, where set, must
+    be the token itself)."""
+    spans, cur = [], []
+    for t, lab in zip([*ids, None], [*labels, -100]):
+        if lab != -100:
+            assert lab == t
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    return spans
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python -m sdft`` in a subprocess (a real process, so SIGKILL tests are real)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}

@@ -9,7 +9,7 @@ from sdft.config import load_config
 from sdft.context import RunContext
 from sdft.errors import StageError
 from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
-from tests.conftest import EXAMPLES, snapshot
+from tests.conftest import EXAMPLES, snapshot, trained_spans
 
 
 def test_the_table_reads_as_the_recipe():
@@ -104,13 +104,7 @@ def test_a_conversation_through_a_real_chat_template_trains_on_each_answer():
     history = [["Hi there.", " Hello! How can I help?"], ["Name a color.", "Blue.\n"]]
     ids, labels = encode_example(tok, "chat", "And a fruit?", "An apple.", system="Be brief.", history=history,
                                  train_history=True)
-    spans, cur = [], []
-    for t, lab in zip(ids + [None], labels + [-100]):
-        if lab != -100:
-            cur.append(t)
-        elif cur:
-            spans.append(tok.decode(cur))
-            cur = []
+    spans = trained_spans(tok, ids, labels)
     # The answers as written (a leading space, a trailing newline: BPE merges across them must not shift a
     # boundary), each with the template's end of turn.
     assert spans == [" Hello! How can I help?<|im_end|>\n", "Blue.\n<|im_end|>\n", "An apple.<|im_end|>\n"]

@@ -53,8 +53,7 @@ def check_compare(ctx: RunContext, force: bool = False) -> None:
     """Every input of both arms and of the evaluation, checked before the first stage of either arm."""
     for name, pipeline in _arms(ctx).items():
         pipeline.check_inputs(ARM_TABLES[name][1], force)
-    eval_preflight(ctx.cfg)
-    ctx.check_held_out_data()
+    eval_preflight(ctx)
 
 
 def run_compare(ctx: RunContext, force: bool = False) -> dict | None:

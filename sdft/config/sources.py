@@ -30,9 +30,6 @@ class HubSource:
     revision: str | None = None
     data_files: str | None = None
 
-    def __str__(self) -> str:
-        return self.spec
-
 
 def is_hub(source: str) -> bool:
     return str(source).startswith(HUB_PREFIX)

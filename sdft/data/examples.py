@@ -87,10 +87,10 @@ def rewrite_units(examples: list[Example], turns: str = "all") -> list[RewriteUn
     last (``"last"``); a single-turn example is one unit keyed by its id, as it always was."""
     units = []
     for ex in examples:
-        pairs = ex.turns()
         if not ex.history:
             units.append(RewriteUnit(ex.id, ex.id, None, ex.instruction, ex.response, [], ex.system))
             continue
+        pairs = ex.turns()
         for k in range(len(pairs)) if turns == "all" else [len(pairs) - 1]:
             units.append(RewriteUnit(unit_key(ex.id, k), ex.id, k, pairs[k][0], pairs[k][1], pairs[:k], ex.system))
     keys = Counter(u.key for u in units)

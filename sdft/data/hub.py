@@ -1,4 +1,5 @@
-"""Records of a data set on a hub, read through ``datasets.load_dataset``.
+"""Loading a data set on a hub through ``datasets.load_dataset`` (``records.read_records`` turns its rows
+into records).
 
 Only a config that names a ``hub:`` source fetches anything; ``datasets`` caches what it fetched, so
 the preflight's read and the stage's read download once. Every failure (no network, a name that does
@@ -8,20 +9,12 @@ data set, raised before any work starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from sdft.config.sources import HubSource
 from sdft.errors import DataError
 
 
-def hub_rows(src: HubSource) -> Iterator[tuple[str, dict]]:
-    """Yield ``(location, row)`` for the rows of ``src``'s split, each located as ``<spec>[row i]``."""
-    ds = _load(src)
-    for i, row in enumerate(ds):
-        yield f"{src.spec}[row {i}]", dict(row)
-
-
-def _load(src: HubSource):
+def load_hub(src: HubSource):
+    """``datasets.load_dataset`` of ``src``: a ``Dataset`` (a split was named) or a ``DatasetDict``."""
     import datasets
 
     kwargs = {"revision": src.revision, "data_files": src.data_files}
@@ -45,9 +38,4 @@ def _load(src: HubSource):
         if type(e).__module__.split(".")[0] not in ("datasets", "huggingface_hub", "requests", "fsspec"):
             raise
         raise DataError(f"{src.spec}: loading {src.name!r} failed: {type(e).__name__}: {e}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if len(loaded) != 1:
-            raise DataError(f"{src.spec}: has splits {list(loaded)}; name one, e.g. "
-                            f"{src.spec}{'&' if '?' in src.spec else '?'}split={next(iter(loaded))}")
-        loaded = next(iter(loaded.values()))
     return loaded

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdft.config.sources import is_hub, parse_hub
-from sdft.data.hub import hub_rows
+from sdft.data.hub import load_hub
 from sdft.errors import DataError
 
 
@@ -33,8 +33,9 @@ class RawRecord:
 def read_records(path: str | Path) -> Iterator[RawRecord]:
     """Yield the records of a data file, a saved ``datasets`` folder or a ``hub:`` data set, in order."""
     if is_hub(str(path)):
-        for location, fields in hub_rows(parse_hub(str(path))):
-            yield RawRecord(location, fields)
+        src = parse_hub(str(path))
+        yield from _dataset_rows(load_hub(src), src.spec,
+                                 lambda split: f"name one, e.g. {src.spec}{'&' if '?' in src.spec else '?'}split={split}")
         return
     path = Path(path)
     if not path.exists():
@@ -121,10 +122,17 @@ def _read_saved_dataset(path: Path) -> Iterator[RawRecord]:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:
         raise DataError(f"{path}: a folder must be written by datasets' save_to_disk ({e})") from e
+    yield from _dataset_rows(ds, str(path), lambda split: f"point at one split's folder, e.g. {path}/{split}")
+
+
+def _dataset_rows(ds, where: str, name_one) -> Iterator[RawRecord]:
+    """The rows of a ``datasets`` ``Dataset``, or of a ``DatasetDict``'s only split (several splits are a
+    ``DataError`` that ends with ``name_one(first split)``: how to name one), located ``<where>[row i]``."""
+    import datasets
+
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise DataError(f"{path}: holds splits {list(ds)}; point at one split's folder, "
-                            f"e.g. {path}/{next(iter(ds))}")
+            raise DataError(f"{where}: has splits {list(ds)}; {name_one(next(iter(ds)))}")
         ds = next(iter(ds.values()))
     for i, row in enumerate(ds):
-        yield RawRecord(f"{path}[row {i}]", dict(row))
+        yield RawRecord(f"{where}[row {i}]", dict(row))

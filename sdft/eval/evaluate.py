@@ -14,6 +14,8 @@ import logging
 from sdft.config.schema import RunConfig
 from sdft.config.validate import require_files
 from sdft.context import RunContext
+from sdft.data.examples import load_examples
+from sdft.data.tokenize import check_renders
 from sdft.errors import ConfigError
 from sdft.eval.sandbox import isolation
 from sdft.eval.engine import describe, eval_settings, evaluate
@@ -22,15 +24,29 @@ from sdft.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def eval_preflight(cfg: RunConfig) -> None:
-    """What evaluation needs, checked before any work: the evaluators' input files, and a sandbox that
+def eval_preflight(ctx: RunContext) -> None:
+    """What evaluation needs, checked before any work: the evaluators' input files, the held-out sets
+    read whole (a bad record, or a conversation the chat template rejects, named), and a sandbox that
     isolates generated code (``humaneval``) unless ``eval.humaneval_unisolated`` allows running without."""
+    cfg = ctx.cfg
     require_files(eval_input_files(cfg), "the evaluation")
+    _check_held_out_data(ctx)
     if "humaneval" in cfg.eval.evaluators and not cfg.eval.humaneval_unisolated and isolation() != "bubblewrap":
         raise ConfigError("eval.evaluators has humaneval, but bubblewrap (bwrap) cannot run here to isolate the "
                           "generated programs: install it (Debian: apt-get install bubblewrap), or set "
                           "eval.humaneval_unisolated=true to run them under an audit hook alone (a hostile "
                           "program could then write wherever this user can)")
+
+
+def _check_held_out_data(ctx: RunContext) -> None:
+    """Read ``data.test`` and ``data.general_prompts`` as the task and retention evaluators will."""
+    cfg, on = ctx.cfg, set(ctx.cfg.eval.evaluators)
+    if cfg.data.test and "task" in on:
+        examples = load_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)[0]
+        check_renders(examples, [cfg.eval.template or cfg.train.template], lambda: ctx.tok)
+    if cfg.data.general_prompts and "retention" in on:
+        prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
+        check_renders(prompts, ["chat"], lambda: ctx.tok, needs_template=False)
 
 
 def eval_input_files(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@ import pytest
 from sdft.data.examples import Example
 from sdft.errors import StageError
 from sdft.filter.filter import filter_rewrites
+from tests.conftest import trained_spans
 
 EXS = [Example(id=f"e{i}", instruction=f"q{i}", response=f"The answer is {i}.") for i in range(5)]
 
@@ -62,14 +63,7 @@ def test_each_turn_of_a_conversation_is_gated_on_its_own_and_trained_as_kept(tin
                                 ("last", ["The answer is 2."])]:
         data = tokenize_rows(rows[:1], tiny_tok, "chat", loss_turns=loss_turns)
         ids, labels = data.input_ids[0], data.labels[0]
-        spans, cur = [], []
-        for t, lab in zip(ids + [None], labels + [-100]):
-            if lab != -100:
-                cur.append(t)
-            elif cur:
-                spans.append(tiny_tok.decode(cur))
-                cur = []
-        assert spans == [s + "<|im_end|>\n" for s in trained]
+        assert trained_spans(tiny_tok, ids, labels) == [s + "<|im_end|>\n" for s in trained]
         assert tiny_tok.decode(ids).count("<|im_start|>user\n") == 3
 
 

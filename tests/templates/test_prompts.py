@@ -5,6 +5,7 @@ import pytest
 from sdft.errors import ConfigError
 from sdft.templates import encode_example, encode_prompt, prompt_text
 from sdft.templates.prompts import MATH_FORCED_PREFIX
+from tests.conftest import trained_spans
 
 Q, REF = "What is 2+3?", "2 + 3 = 5.\nThe answer is 5."
 
@@ -97,19 +98,6 @@ def test_chat_template_required(tiny_tok):
 HISTORY = [["Hi.", "Hello!"], ["What is 1+1?", "Two."]]
 
 
-def _trained(tok, ids, labels) -> list[str]:
-    """The trained spans of a sequence, decoded one span at a time."""
-    spans, cur = [], []
-    for t, lab in zip(ids, labels):
-        if lab != -100:
-            assert lab == t
-            cur.append(t)
-        elif cur:
-            spans.append(tok.decode(cur))
-            cur = []
-    return spans + ([tok.decode(cur)] if cur else [])
-
-
 @pytest.mark.parametrize("train_history", [True, False])
 def test_chat_conversation_trains_on_assistant_turns_only(tiny_tok, train_history):
     ids, labels = encode_example(tiny_tok, "chat", Q, "Five.", system="Be brief.", history=HISTORY,
@@ -119,7 +107,7 @@ def test_chat_conversation_trains_on_assistant_turns_only(tiny_tok, train_histor
         "Hello!<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\nTwo.<|im_end|>\n"
         "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\nFive.<|im_end|>\n")
     earlier = ["Hello!<|im_end|>\n", "Two.<|im_end|>\n"] if train_history else []
-    assert _trained(tiny_tok, ids, labels) == earlier + ["Five.<|im_end|>\n"]
+    assert trained_spans(tiny_tok, ids, labels) == earlier + ["Five.<|im_end|>\n"]
     prompt = encode_prompt(tiny_tok, "chat", Q, system="Be brief.", history=HISTORY)
     assert ids[:len(prompt)] == prompt  # what is trained last is what generation continues with
 
@@ -133,7 +121,7 @@ def test_text_template_conversation_repeats_the_turn_block(tiny_tok, template):
     assert tiny_tok.decode(ids) == (prompt_text(template, "Hi.") + "Hello!" + eos + "\n\n"
                                     + turn.format(instruction="What is 1+1?") + "Two." + eos + "\n\n"
                                     + turn.format(instruction=Q) + "5" + eos)
-    assert _trained(tiny_tok, ids, labels) == ["Hello!" + eos, "Two." + eos, "5" + eos]
+    assert trained_spans(tiny_tok, ids, labels) == ["Hello!" + eos, "Two." + eos, "5" + eos]
     # The prompt of a conversation is its training sequence up to the last answer.
     prompt = encode_prompt(tiny_tok, template, Q, history=HISTORY)
     assert ids[:len(prompt)] == prompt and len(ids) == len(prompt) + len("5") + 1
@@ -168,4 +156,4 @@ def test_a_template_that_rejects_a_conversation_and_one_that_rewrites_history(ti
     with pytest.raises(ConfigError, match="train.loss_turns=last"):
         encode_example(lossy, "chat", Q, "5", history=HISTORY, train_history=True)
     ids, labels = encode_example(lossy, "chat", Q, "5", history=HISTORY, train_history=False)
-    assert _trained(lossy, ids, labels) == ["5<|im_end|>\n"]
+    assert trained_spans(lossy, ids, labels) == ["5<|im_end|>\n"]
