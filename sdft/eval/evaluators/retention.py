@@ -77,8 +77,7 @@ def seed_responses(ctx: EvalContext, prompts: list[Example], cache: Path) -> lis
             return rows
     enc = {p.id: encode_prompt(ctx.tok, template, p.instruction, system=p.system, history=p.history) for p in prompts}
     answers = ctx.generate(ctx.seed_model, enc, 0, desc="seed responses", **length)
-    rows = [{"id": p.id, "instruction": p.instruction, "system": p.system, "response": answers[p.id], "key": key,
-             **({"history": p.history} if p.history else {})} for p in prompts]
+    rows = [{**p.to_dict(), "response": answers[p.id], "key": key} for p in prompts]
     write_jsonl(cache, rows)
     return rows
 
