@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Issue 4's GPU checks in one go (about 6 minutes on one H100): the GPU tests of the kernels, then the
-# loss-head, train-step and packing benchmarks at the issue's shapes. From the repository root:
-#   bash benchmarks/run_gpu.sh [OUT_DIR]
+# Every GPU check in one go, by section. From the repository root:
+#   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation; default both)
+# kernels (about 6 minutes on one H100): the GPU tests of the kernels, then the loss-head, train-step and
+# packing benchmarks at their issue's shapes. generation (about 4 minutes): the engine's CUDA tests, then
+# the engine against `generate` (dynamic and static cache) on the 1.24B Llama shape at batch 64, 128 and
+# 256, and on long-tailed answer lengths (the quickstart's rewrites, a lognormal) at batch 128.
 # Installs this repository (no dependencies) and any wheels in .whl/ (liger-kernel, for the Liger
 # baseline) into /tmp/site first: the GPU image has torch, triton and transformers, and no network.
 # Each step has its own time limit and a failing step does not stop the next. Log: OUT_DIR/log.txt.
 set -u
 out=${1:-${OUT:-/tmp/sdft-gpu}}
+sections=${*:2}
+sections=${sections:-kernels generation}
 mkdir -p "$out"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 step() { local limit=$1; shift; echo "== [$(date +%T)] $*" | tee -a "$out/log.txt"
@@ -14,10 +19,18 @@ step() { local limit=$1; shift; echo "== [$(date +%T)] $*" | tee -a "$out/log.tx
 step 120 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . $(ls .whl/*.whl 2>/dev/null)
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 step 60 python3 -c "import importlib.util, importlib.metadata as m, torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'liger', m.version('liger-kernel') if importlib.util.find_spec('liger_kernel') else None)"
+if [[ " $sections " == *" kernels "* ]]; then
 step 150 python3 -m pytest -q -p no:cacheprovider -x tests/kernels
 step 200 python3 benchmarks/loss_head.py --n 8192 32768 --h 4096 --v 32000 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5
 step 60 python3 benchmarks/loss_head.py --n 32768 --h 4096 --v 128256 --ignored 0.0 0.5 --dtype bfloat16 --repeat 5 --frozen
 step 120 python3 benchmarks/divergence_head.py --n 8192 --h 4096 --v 128256 --dtype bfloat16 --repeat 5
 step 150 python3 benchmarks/train_step.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 8 --steps 5
 step 120 python3 benchmarks/packing.py --shape llama3.2-1b --dtype bfloat16 --seq 2048 --rows 4 --tokens 16384 --steps 4
+fi
+if [[ " $sections " == *" generation "* ]]; then
+step 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_engine.py
+step 240 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompt 256 --new 256
+step 120 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths math
+step 120 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths heavy
+fi
 echo "== [$(date +%T)] done" | tee -a "$out/log.txt"

@@ -51,6 +51,20 @@ def test_generation_benchmark_compares_the_same_tokens():
     assert "continuous / hf-dynamic: new tokens/s" in out
 
 
+def test_generation_benchmark_long_tailed_lengths_end_rows_alike_in_both_arms():
+    """The length schedule ends a random model's rows at the same steps under ``generate`` and the engine,
+    at lengths that follow the distribution (the quickstart's rewrites: mean 56.9 of at most 128)."""
+    rows, out = _run("generation.py", "--shape", "tiny", "--dtype", "float32", "--prompts", "24", "--prompt", "8",
+                     "--new", "64", "--batch", "8", "--lengths", "heavy", "--repeat", "2")
+    tokens = {(r["round"], r["arm"]): r["new_tokens"] for r in rows if "arm" in r}
+    assert set(tokens) == {(1, "hf-dynamic"), (1, "continuous"), (2, "hf-dynamic"), (2, "continuous")}
+    assert len(set(tokens.values())) == 1 and 24 < tokens[1, "continuous"] < 24 * 64 / 2
+    assert "continuous / hf-dynamic: new tokens/s" in out and "(median of 2 rounds: " in out
+    rows, _ = _run("generation.py", "--shape", "tiny", "--dtype", "float32", "--prompts", "400", "--prompt", "8",
+                   "--new", "128", "--batch", "32", "--lengths", "math", "--arms", "continuous")
+    assert abs(rows[-1]["new_tokens"] / 400 - 56.9) < 6
+
+
 def test_divergence_head_benchmark_agrees_with_torch():
     rows, _ = _run("divergence_head.py", "--n", "256", "--h", "64", "--v", "1000", "--repeat", "1",
                    "--impls", "torch,sdft")

@@ -85,6 +85,21 @@ def test_greedy_equals_generate_token_for_token(arch):
         assert _engine(model, tok, prompts, s, slots) == ref, slots
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+def test_greedy_equals_generate_on_cuda(arch):
+    """The engine on a CUDA device (its tensors, masks and sampler state there) gives ``generate``'s tokens."""
+    vocab, s = 97, SamplingConfig(max_new_tokens=20, do_sample=False)
+    model, tok = tiny(arch, vocab).cuda(), Tok()
+    prompts = _prompts(8, vocab)
+    ref = _reference(model, tok, prompts, s)
+    for slots in (1, 3, 8):
+        assert _engine(model, tok, prompts, s, slots) == ref, slots
+    sampled = SamplingConfig(max_new_tokens=16, do_sample=True, temperature=1.3, top_p=0.9, top_k=20)
+    assert _engine(model, tok, prompts, sampled, 3, seed=5) == _engine(model, tok, prompts, sampled, 8, seed=5)
+
+
 def test_peft_wrapped_model_equals_generate():
     from peft import LoraConfig, get_peft_model
 
