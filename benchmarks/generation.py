@@ -22,9 +22,10 @@ Arms: ``hf`` = ``generate`` on static batches as sdft's ``generation.engine=hf``
 cache; ``static`` = ``cache_implementation="static"`` too on CUDA); ``hf-cb`` = transformers' own
 continuous batching (``model.generate_batch``, paged cache, one seed for the whole run: no per-example
 seeds); ``continuous`` = sdft's engine with as many slots. Prints one JSON line per arm (new tokens,
-seconds, new tokens/s) and the ratios; with ``--repeat N`` the arms run N rounds, in reverse order
-every other round (this machine's speed drifts over minutes), and the ratio line gives every round's
-ratio and their median.
+seconds, new tokens/s; with ``--timeline``, where the engine's time went: prefill forwards, and decode
+steps by how many slots were busy) and the ratios. With ``--repeat N`` the arms run N rounds, in reverse
+order every other round (this machine's speed drifts over minutes), and the ratio line gives every
+round's ratio and their median.
 """
 
 from __future__ import annotations
@@ -143,13 +144,53 @@ def hf_cb_arm(model, tok, prompts, s: SamplingConfig, batch: int) -> dict:
     return {"new_tokens": sum(len(o.generated_tokens) for o in out.values()), "seconds": time.perf_counter() - start}
 
 
-def engine_arm(model, tok, prompts, s: SamplingConfig, batch: int) -> dict:
+def engine_arm(model, tok, prompts, s: SamplingConfig, batch: int, timeline: bool = False) -> dict:
     engine = ContinuousEngine(model, tok, batch, s, seed=0)
+    steps = _time_steps(engine) if timeline else None
     start = time.perf_counter()
     for _ in engine.run(prompts, desc="continuous"):
         pass
     _sync(next(model.parameters()).device)
-    return {"new_tokens": engine.new_tokens, "seconds": time.perf_counter() - start}
+    out = {"new_tokens": engine.new_tokens, "seconds": time.perf_counter() - start}
+    if steps is not None:
+        out["timeline"] = _timeline(steps, batch)
+    return out
+
+
+def _time_steps(engine: ContinuousEngine) -> list[tuple[str, int, float]]:
+    """Record (kind, rows, seconds) of every prefill and decode forward of ``engine``."""
+    steps, device = [], next(engine.model.parameters()).device
+
+    def timed(kind, forward):
+        def run(cache, rows, *args):
+            start = time.perf_counter()
+            out = forward(cache, rows, *args)
+            _sync(device)
+            steps.append((kind, len(args[0]) if args else rows.n, time.perf_counter() - start))
+            return out
+        return run
+
+    engine._prefill = timed("prefill", engine._prefill)
+    engine._decode = timed("decode", engine._decode)
+    return steps
+
+
+def _timeline(steps: list[tuple[str, int, float]], slots: int) -> dict:
+    """Prefill and decode seconds, decode split by how full the slots were (quarters of ``slots``)."""
+    out = {"prefill": {"forwards": 0, "seconds": 0.0}}
+    for kind, rows, sec in steps:
+        if kind == "decode":
+            q = min(3, (rows - 1) * 4 // slots)
+            kind = f"decode rows {q * slots // 4 + 1}-{(q + 1) * slots // 4}"
+        part = out.setdefault(kind, {"forwards": 0, "seconds": 0.0, "tokens": 0})
+        part["forwards"] += 1
+        part["seconds"] = round(part["seconds"] + sec, 3)
+        if "tokens" in part:
+            part["tokens"] += rows
+    for part in out.values():
+        if part.get("tokens"):
+            part["ms_per_token"] = round(1000 * part["seconds"] / part["tokens"], 2)
+    return dict(sorted(out.items()))
 
 
 def _sync(device) -> None:
@@ -180,6 +221,7 @@ def main() -> None:
     p.add_argument("--arms", default="hf,continuous", help="any of hf, hf-cb, continuous")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every arm (alternating order)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--timeline", action="store_true", help="the engine's prefill and decode time, by busy rows")
     p.add_argument("--write-lengths", action="store_true", help=f"measure {REWRITE_LENGTHS.name} and exit")
     args = p.parse_args()
     if args.write_lengths:
@@ -217,11 +259,11 @@ def main() -> None:
                 elif arm == "hf-cb":
                     res[arm] = hf_cb_arm(model, tok, prompts, sampling, batch)
                 else:
-                    res[arm] = engine_arm(model, tok, prompts, sampling, batch)
+                    res[arm] = engine_arm(model, tok, prompts, sampling, batch, args.timeline)
             for name, x in res.items():
                 x["new_tokens_per_s"] = x["new_tokens"] / x["seconds"]
-                print(json.dumps({"batch": batch, "round": r + 1, "arm": name, **{k: round(v, 2) for k, v in x.items()}}),
-                      flush=True)
+                print(json.dumps({"batch": batch, "round": r + 1, "arm": name,
+                                  **{k: round(v, 2) if isinstance(v, float) else v for k, v in x.items()}}), flush=True)
             rounds.append(res)
         if "continuous" in rounds[0]:
             for name in [n for n in rounds[0] if n.startswith("hf")]:

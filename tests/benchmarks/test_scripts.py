@@ -55,10 +55,13 @@ def test_generation_benchmark_long_tailed_lengths_end_rows_alike_in_both_arms():
     """The length schedule ends a random model's rows at the same steps under ``generate`` and the engine,
     at lengths that follow the distribution (the quickstart's rewrites: mean 56.9 of at most 128)."""
     rows, out = _run("generation.py", "--shape", "tiny", "--dtype", "float32", "--prompts", "24", "--prompt", "8",
-                     "--new", "64", "--batch", "8", "--lengths", "heavy", "--repeat", "2")
+                     "--new", "64", "--batch", "8", "--lengths", "heavy", "--repeat", "2", "--timeline")
     tokens = {(r["round"], r["arm"]): r["new_tokens"] for r in rows if "arm" in r}
     assert set(tokens) == {(1, "hf-dynamic"), (1, "continuous"), (2, "hf-dynamic"), (2, "continuous")}
     assert len(set(tokens.values())) == 1 and 24 < tokens[1, "continuous"] < 24 * 64 / 2
+    timeline = next(r for r in rows if r.get("arm") == "continuous")["timeline"]
+    decoded = sum(part.get("tokens", 0) for part in timeline.values())
+    assert decoded + 24 == tokens[1, "continuous"]  # every prompt's first token comes from its prefill
     assert "continuous / hf-dynamic: new tokens/s" in out and "(median of 2 rounds: " in out
     rows, _ = _run("generation.py", "--shape", "tiny", "--dtype", "float32", "--prompts", "400", "--prompt", "8",
                    "--new", "128", "--batch", "32", "--lengths", "math", "--arms", "continuous")
