@@ -21,7 +21,8 @@ Workloads:
 Arms: ``hf`` = ``generate`` on static batches as sdft's ``generation.engine=hf`` runs it (``dynamic``
 cache; ``static`` = ``cache_implementation="static"`` too on CUDA); ``hf-cb`` = transformers' own
 continuous batching (``model.generate_batch``, paged cache, one seed for the whole run: no per-example
-seeds); ``continuous`` = sdft's engine with as many slots. Prints one JSON line per arm (new tokens,
+seeds); ``continuous`` = sdft's engine with as many slots; ``graphs`` = the same replaying its decode
+step as CUDA graphs (``generation.cuda_graphs``; CUDA only). Prints one JSON line per arm (new tokens,
 seconds, new tokens/s; with ``--timeline``, where the engine's time went: prefill forwards, and decode
 steps by how many slots were busy) and the ratios. With ``--repeat N`` the arms run N rounds, in reverse
 order every other round (this machine's speed drifts over minutes), and the ratio line gives every
@@ -144,11 +145,12 @@ def hf_cb_arm(model, tok, prompts, s: SamplingConfig, batch: int) -> dict:
     return {"new_tokens": sum(len(o.generated_tokens) for o in out.values()), "seconds": time.perf_counter() - start}
 
 
-def engine_arm(model, tok, prompts, s: SamplingConfig, batch: int, timeline: bool = False) -> dict:
-    engine = ContinuousEngine(model, tok, batch, s, seed=0)
+def engine_arm(model, tok, prompts, s: SamplingConfig, batch: int, timeline: bool = False,
+               decode: str = "dynamic") -> dict:
+    engine = ContinuousEngine(model, tok, batch, s, seed=0, decode=decode)
     steps = _time_steps(engine) if timeline else None
     start = time.perf_counter()
-    for _ in engine.run(prompts, desc="continuous"):
+    for _ in engine.run(prompts, desc="graphs" if decode == "graphs" else "continuous"):
         pass
     _sync(next(model.parameters()).device)
     out = {"new_tokens": engine.new_tokens, "seconds": time.perf_counter() - start}
@@ -218,12 +220,14 @@ def main() -> None:
     p.add_argument("--new", type=int, default=256, help="--shape: new tokens per row")
     p.add_argument("--lengths", choices=["fixed", "math", "heavy"], default="fixed",
                    help="--shape: where rows end (see the module docstring)")
-    p.add_argument("--arms", default="hf,continuous", help="any of hf, hf-cb, continuous")
+    p.add_argument("--arms", default=None, help="any of hf, hf-cb, continuous, graphs (default: hf,continuous "
+                                                 "and on CUDA graphs)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every arm (alternating order)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--timeline", action="store_true", help="the engine's prefill and decode time, by busy rows")
     p.add_argument("--write-lengths", action="store_true", help=f"measure {REWRITE_LENGTHS.name} and exit")
     args = p.parse_args()
+    args.arms = args.arms or "hf,continuous" + (",graphs" if torch.cuda.is_available() else "")
     if args.write_lengths:
         return write_rewrite_lengths()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -259,17 +263,18 @@ def main() -> None:
                 elif arm == "hf-cb":
                     res[arm] = hf_cb_arm(model, tok, prompts, sampling, batch)
                 else:
-                    res[arm] = engine_arm(model, tok, prompts, sampling, batch, args.timeline)
+                    res[arm] = engine_arm(model, tok, prompts, sampling, batch, args.timeline,
+                                          "graphs" if arm == "graphs" else "dynamic")
             for name, x in res.items():
                 x["new_tokens_per_s"] = x["new_tokens"] / x["seconds"]
                 print(json.dumps({"batch": batch, "round": r + 1, "arm": name,
                                   **{k: round(v, 2) if isinstance(v, float) else v for k, v in x.items()}}), flush=True)
             rounds.append(res)
-        if "continuous" in rounds[0]:
+        for ours in [n for n in ("continuous", "graphs") if n in rounds[0]]:
             for name in [n for n in rounds[0] if n.startswith("hf")]:
-                ratios = [x["continuous"]["new_tokens_per_s"] / x[name]["new_tokens_per_s"] for x in rounds]
+                ratios = [x[ours]["new_tokens_per_s"] / x[name]["new_tokens_per_s"] for x in rounds]
                 each = f" (median of {len(ratios)} rounds: {', '.join(f'{q:.2f}x' for q in ratios)})" if len(ratios) > 1 else ""
-                print(f"batch {batch}: continuous / {name}: new tokens/s {statistics.median(ratios):.2f}x{each}", flush=True)
+                print(f"batch {batch}: {ours} / {name}: new tokens/s {statistics.median(ratios):.2f}x{each}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,10 @@
 # Every GPU check in one go, by section. From the repository root:
 #   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation; default both)
 # kernels (about 6 minutes on one H100): the GPU tests of the kernels, then the loss-head, train-step and
-# packing benchmarks at their issue's shapes. generation (about 4 minutes): the engine's CUDA tests, then
-# the engine against `generate` (dynamic and static cache) on the 1.24B Llama shape at batch 64, 128 and
-# 256, and on long-tailed answer lengths (the quickstart's rewrites, a lognormal) at batch 128.
+# packing benchmarks at their issue's shapes. generation (about 5 minutes): the engine's CUDA tests
+# (eager and CUDA graphs), then the engine, eager and with CUDA graphs, against `generate` (dynamic and
+# static cache) on the 1.24B Llama shape at batch 64, 128 and 256, and on long-tailed answer lengths
+# (the quickstart's rewrites, a lognormal) at batch 128.
 # Installs this repository (no dependencies) and any wheels in .whl/ (liger-kernel, for the Liger
 # baseline) into /tmp/site first: the GPU image has torch, triton and transformers, and no network.
 # Each step has its own time limit and a failing step does not stop the next. Log: OUT_DIR/log.txt.
@@ -29,8 +30,8 @@ step 120 python3 benchmarks/packing.py --shape llama3.2-1b --dtype bfloat16 --se
 fi
 if [[ " $sections " == *" generation "* ]]; then
 step 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_engine.py
-step 240 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompt 256 --new 256
-step 120 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths math
-step 120 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths heavy
+step 300 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompt 256 --new 256
+step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths math
+step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths heavy
 fi
 echo "== [$(date +%T)] done" | tee -a "$out/log.txt"

@@ -97,6 +97,11 @@ class GenerationConfig:
     batches seeded per batch (the reference); ``auto``: continuous where it gives ``generate``'s result
     (llama, mistral, qwen2, qwen3 and gemma families with sdpa or eager attention, no sliding window
     shorter than the sequences), else hf."""
+    cuda_graphs: bool = False
+    """The continuous engine replays its decode step as CUDA graphs (one per row-count bucket, captured
+    when first needed) when the model is on a GPU; distillation and evaluation. Off by default: this
+    project has not yet run it on a GPU (``bash benchmarks/run_gpu.sh OUT generation`` does). A capture
+    that fails is logged and decoding goes on without graphs."""
 
 
 @dataclass

@@ -146,7 +146,8 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
         # so also on a rank with nothing left to do), for all of this rank's prompts.
         with _gathered(model) if d.mode == "zero3" and world > 1 else contextlib.nullcontext():
             for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
-                                          engine=engine, skip=set(done), desc="distill"):
+                                          engine=engine, skip=set(done), desc="distill",
+                                          cuda_graphs=cfg.generation.cuda_graphs):
                 append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine, by_key))
                 maybe_kill("distill_batch")
     runtime.barrier()

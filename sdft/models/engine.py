@@ -13,6 +13,8 @@ soon as rows end, so that a long-tailed set of answer lengths never waits for it
                new K/V are written at each slot's own cache length; a [n, 1, 1, width] mask shows each
                row its own real positions only
     sampling   per example (``sampler``): the text depends on (seed, example id) and nothing else
+    graphs     ``decode="graphs"`` replays the decode step as CUDA graphs at fixed shapes
+               (``decode_graphs``); ``"static"`` runs those fixed shapes eagerly (what the CPU tests check)
 
 The model is the caller's (plain, peft-wrapped, 4-bit, or a ZeRO-3 model gathered whole); the engine
 only calls its forward with a custom 4D mask and a cache object of its own, as transformers' decoder
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from sdft.config.schema import SamplingConfig
 from sdft.distributed import runtime
+from sdft.models.decode_graphs import StaticDecode
 from sdft.models.loading import attention_mask_for, mask_blocker
 from sdft.models.sampler import example_key, next_tokens
 
@@ -103,8 +106,10 @@ class SlotCache:
 class ContinuousEngine:
     """Generates for many prompts with ``slots`` rows in flight (see the module docstring)."""
 
-    def __init__(self, model, tok, slots: int, sampling: SamplingConfig, seed: int):
-        self.model, self.tok, self.sampling, self.seed = model, tok, sampling, seed
+    def __init__(self, model, tok, slots: int, sampling: SamplingConfig, seed: int, decode: str = "dynamic"):
+        if decode not in ("dynamic", "static", "graphs"):
+            raise ValueError(f"decode must be dynamic, static or graphs, not {decode!r}")
+        self.model, self.tok, self.sampling, self.seed, self.decode = model, tok, sampling, seed, decode
         self.slots = max(1, slots)
         eos = model.generation_config.eos_token_id or tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -131,6 +136,7 @@ class ContinuousEngine:
         prefix = shared_prefix(list(prompts.values()))
         if prefix:
             self._prefix(cache, prompts[queue[0]][:prefix])
+        static = StaticDecode(self, cache, rows, capture=self.decode == "graphs") if self.decode != "dynamic" else None
         refill = max(1, self.slots // 4)  # refill in groups: each prefill forward reads every weight once
         bar = tqdm(total=len(queue), desc=desc, unit="ex", disable=not runtime.is_main() or not desc)
         while queue or rows.n:
@@ -145,7 +151,8 @@ class ContinuousEngine:
                 done = self._advance(logits, rows, range(rows.n, rows.n + len(group)))
                 rows.n += len(group)
             else:
-                done = self._advance(self._decode(cache, rows), rows, range(rows.n))
+                logits = static.step() if static else self._decode(cache, rows)
+                done = self._advance(logits, rows, range(rows.n))
             rows.compact(cache)
             if done:
                 bar.update(len(done))

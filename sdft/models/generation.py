@@ -1,7 +1,8 @@
 """Generation for every caller (distillation, every generating evaluator, the seed's retention
 answers): ``generate_batches`` runs ``generation.engine``.
 
-- ``continuous`` (``engine``): continuous batching with per-example seeds.
+- ``continuous`` (``engine``): continuous batching with per-example seeds; ``cuda_graphs`` replays its
+  decode step as CUDA graphs on a GPU (``decode_graphs``).
 - ``hf``, the reference: prompts sorted by length (longest first, so an out-of-memory shows up in the
   first batch, and padding is small), left-padded, and generated with HF ``generate`` in static
   batches. The batch plan depends only on the full prompt list, and each batch is seeded by
@@ -10,6 +11,7 @@ answers): ``generate_batches`` runs ``generation.engine``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -20,6 +22,8 @@ from sdft.config.schema import SamplingConfig
 from sdft.distributed import runtime
 from sdft.models.engine import ContinuousEngine, engine_blocker
 from sdft.utils.switches import resolve_switch
+
+log = logging.getLogger(__name__)
 
 
 def generation_record(sampling: SamplingConfig, batch_size: int, seed: int | None, engine: str) -> dict:
@@ -32,6 +36,15 @@ def choose_engine(mode: str, model, prompts: dict[str, list[int]], sampling: Sam
     capacity = max((len(p) for p in prompts.values()), default=0) + sampling.max_new_tokens
     blocker = engine_blocker(model, capacity) if mode != "hf" else None
     return "continuous" if resolve_switch("generation.engine", mode, blocker, on="continuous", off="hf") else "hf"
+
+
+def continuous_engine(model, tok, batch_size: int, sampling: SamplingConfig, seed: int,
+                      cuda_graphs: bool = False) -> ContinuousEngine:
+    """The engine for ``model``, its decode step as CUDA graphs when asked for and the model is on a GPU."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if cuda_graphs and not on_gpu:
+        log.info("generation.cuda_graphs: the model is not on a CUDA device; decoding without graphs")
+    return ContinuousEngine(model, tok, batch_size, sampling, seed, decode="graphs" if cuda_graphs and on_gpu else "dynamic")
 
 
 def generate_kwargs(sampling: SamplingConfig) -> dict:
@@ -88,7 +101,7 @@ def sample_token_ids(model, tok, prompts: dict[str, list[int]], sampling: Sampli
     as in ``generate_batches``."""
     if engine == "continuous":
         out: dict[str, list[int]] = {}
-        for done in ContinuousEngine(model, tok, batch_size, sampling, seed).run_ids(prompts, desc=""):
+        for done in continuous_engine(model, tok, batch_size, sampling, seed).run_ids(prompts, desc=""):
             out.update(done)
         return out
     out = {}
@@ -103,17 +116,19 @@ def sample_token_ids(model, tok, prompts: dict[str, list[int]], sampling: Sampli
 
 def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
                      seed: int, engine: str = "hf", skip: set[str] | frozenset = frozenset(),
-                     desc: str = "generate", strip: bool = True) -> Iterator[dict[str, str]]:
+                     desc: str = "generate", strip: bool = True, cuda_graphs: bool = False) -> Iterator[dict[str, str]]:
     """Yield ``{id: generated text}`` as texts are done, for every id in ``prompts`` not in ``skip``.
 
     ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
     special tokens), stripped of surrounding whitespace unless ``strip`` is false. ``engine``: a
     resolved ``choose_engine`` value. With ``continuous`` an example's text depends on (seed, id);
-    with ``hf`` batch ``i`` of the plan is sampled with seed ``seed + i``.
+    with ``hf`` batch ``i`` of the plan is sampled with seed ``seed + i``. ``cuda_graphs``: see
+    ``continuous_engine``.
     """
     if engine == "continuous":
         todo = {i: p for i, p in prompts.items() if i not in skip}
-        yield from ContinuousEngine(model, tok, batch_size, sampling, seed).run(todo, desc=desc, strip=strip)
+        runner = continuous_engine(model, tok, batch_size, sampling, seed, cuda_graphs)
+        yield from runner.run(todo, desc=desc, strip=strip)
         return
     batches = plan_batches(prompts, batch_size)
     todo = sum(1 for b in batches for i in b if i not in skip)
@@ -130,10 +145,11 @@ def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: Sampli
 
 
 def generate_all(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
-                 seed: int, engine: str = "hf", desc: str = "generate", strip: bool = True) -> dict[str, str]:
+                 seed: int, engine: str = "hf", desc: str = "generate", strip: bool = True,
+                 cuda_graphs: bool = False) -> dict[str, str]:
     """``{id: generated text}`` for every prompt (``generate_batches`` run to the end)."""
     out: dict[str, str] = {}
     for batch in generate_batches(model, tok, prompts, sampling, batch_size=batch_size, seed=seed, engine=engine,
-                                  desc=desc, strip=strip):
+                                  desc=desc, strip=strip, cuda_graphs=cuda_graphs):
         out.update(batch)
     return out

@@ -61,9 +61,9 @@ def _reference(model, tok, prompts, s) -> dict[str, str]:
     return {k: generate_texts(model, tok, [p], s, strip=False)[0] for k, p in prompts.items()}
 
 
-def _engine(model, tok, prompts, s, slots, seed=0) -> dict[str, str]:
+def _engine(model, tok, prompts, s, slots, seed=0, decode="dynamic") -> dict[str, str]:
     out = {}
-    for done in ContinuousEngine(model, tok, slots, s, seed).run(prompts, strip=False):
+    for done in ContinuousEngine(model, tok, slots, s, seed, decode=decode).run(prompts, strip=False):
         assert not set(done) & set(out)  # each example once
         out.update(done)
     return out
@@ -83,21 +83,54 @@ def test_greedy_equals_generate_token_for_token(arch):
     assert lengths[-1] - lengths[0] >= 8, lengths  # short and long rows in one run
     for slots in (1, 3, 8):
         assert _engine(model, tok, prompts, s, slots) == ref, slots
+        # The fixed shapes CUDA graphs replay (rows padded to a bucket, the whole cache attended), run eagerly.
+        assert _engine(model, tok, prompts, s, slots, decode="static") == ref, slots
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
-def test_greedy_equals_generate_on_cuda(arch):
-    """The engine on a CUDA device (its tensors, masks and sampler state there) gives ``generate``'s tokens."""
+def test_greedy_equals_generate_on_cuda_with_and_without_graphs(arch):
+    """The engine on a CUDA device (its tensors, masks and sampler state there), eager and replaying its
+    decode step as CUDA graphs, gives ``generate``'s tokens; sampling is the same with graphs."""
     vocab, s = 97, SamplingConfig(max_new_tokens=20, do_sample=False)
     model, tok = tiny(arch, vocab).cuda(), Tok()
     prompts = _prompts(8, vocab)
     ref = _reference(model, tok, prompts, s)
     for slots in (1, 3, 8):
         assert _engine(model, tok, prompts, s, slots) == ref, slots
+        assert _engine(model, tok, prompts, s, slots, decode="graphs") == ref, slots
     sampled = SamplingConfig(max_new_tokens=16, do_sample=True, temperature=1.3, top_p=0.9, top_k=20)
-    assert _engine(model, tok, prompts, sampled, 3, seed=5) == _engine(model, tok, prompts, sampled, 8, seed=5)
+    eager = _engine(model, tok, prompts, sampled, 3, seed=5)
+    assert _engine(model, tok, prompts, sampled, 8, seed=5) == eager
+    assert _engine(model, tok, prompts, sampled, 8, seed=5, decode="graphs") == eager
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_failed_capture_falls_back_to_eager_steps(caplog):
+    """A forward that synchronises with the host cannot be captured: the run goes on without graphs."""
+    vocab, s = 97, SamplingConfig(max_new_tokens=12, do_sample=False)
+    model, tok = tiny("llama", vocab).cuda(), Tok()
+    prompts = _prompts(5, vocab)
+    ref = _reference(model, tok, prompts, s)
+    model.model.register_forward_pre_hook(lambda mod, args, kwargs: kwargs["input_ids"].sum().item(), with_kwargs=True)
+    with caplog.at_level("WARNING"):
+        assert _engine(model, tok, prompts, s, 4, decode="graphs") == ref
+    assert "decoding without CUDA graphs" in caplog.text
+
+
+def test_decode_buckets_and_settings(caplog):
+    from sdft.models.decode_graphs import buckets
+    from sdft.models.generation import continuous_engine
+
+    assert buckets(1) == [1] and buckets(8) == [1, 2, 4, 8] and buckets(40) == [1, 2, 4, 8, 16, 32, 40]
+    model = tiny("llama", 97)
+    with pytest.raises(ValueError, match="decode must be"):
+        ContinuousEngine(model, Tok(), 4, SamplingConfig(), 0, decode="fast")
+    with caplog.at_level("INFO"):
+        assert continuous_engine(model, Tok(), 4, SamplingConfig(), 0, cuda_graphs=True).decode == "dynamic"
+    assert "not on a CUDA device" in caplog.text
 
 
 def test_peft_wrapped_model_equals_generate():
@@ -119,7 +152,7 @@ def test_sampling_depends_on_seed_and_id_only():
     model, tok = tiny("llama", vocab), Tok()
     prompts = _prompts(10, vocab)
     runs = [_engine(model, tok, prompts, s, slots, seed=5) for slots in (1, 3, 8)]
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1] == runs[2] == _engine(model, tok, prompts, s, 3, seed=5, decode="static")
     part = _engine(model, tok, {k: prompts[k] for k in list(prompts)[3:]}, s, 4, seed=5)  # a resume, a shard
     assert all(part[k] == runs[0][k] for k in part)
     other = _engine(model, tok, prompts, s, 3, seed=6)

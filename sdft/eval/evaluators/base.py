@@ -52,7 +52,7 @@ class EvalContext:
         sampling = replace(self.cfg.eval.sampling, **overrides)
         engine = choose_engine(self.cfg.generation.engine, model, prompts, sampling)
         return generate_all(model, self.tok, prompts, sampling, batch_size=self.cfg.eval.batch_size, seed=seed,
-                            engine=engine, desc=desc, strip=strip)
+                            engine=engine, desc=desc, strip=strip, cuda_graphs=self.cfg.generation.cuda_graphs)
 
     def generation_key(self, **overrides) -> dict:
         """The generation settings an evaluator's results depend on (without the seed: cached per seed)."""
