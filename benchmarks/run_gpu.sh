@@ -30,7 +30,7 @@ step 120 python3 benchmarks/packing.py --shape llama3.2-1b --dtype bfloat16 --se
 fi
 if [[ " $sections " == *" generation "* ]]; then
 step 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_engine.py
-step 300 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompt 256 --new 256
+step 300 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompts 256 --prompt 256 --new 256
 step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths math
 step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths heavy
 fi
