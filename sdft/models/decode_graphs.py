@@ -54,6 +54,8 @@ class StaticDecode:
         self.writes = torch.full((slots,), cap - 1, dtype=torch.long, device=dev)
         self.mask = torch.zeros(slots, 1, 1, cap, dtype=torch.bool, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # One memory pool for every bucket's graph. Safe in any replay order here: a graph's inputs (the
+        # buffers above, the cache) live outside the pool, and its logits are read before the next replay.
         self.pool = torch.cuda.graph_pool_handle() if capture else None
 
     def step(self) -> torch.Tensor:
