@@ -228,6 +228,8 @@ def main() -> None:
     p.add_argument("--write-lengths", action="store_true", help=f"measure {REWRITE_LENGTHS.name} and exit")
     args = p.parse_args()
     args.arms = args.arms or "hf,continuous" + (",graphs" if torch.cuda.is_available() else "")
+    if "graphs" in args.arms.split(",") and not torch.cuda.is_available():
+        p.error("--arms graphs needs a CUDA device")
     if args.write_lengths:
         return write_rewrite_lengths()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
