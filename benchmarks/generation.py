@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -57,7 +58,7 @@ def answer_lengths(dist: str, new: int, n: int = 100_000) -> list[int]:
     if dist == "math":
         return [min(k, new) for k in json.loads(REWRITE_LENGTHS.read_text())]
     rng = random.Random(0)
-    return [min(new, max(1, round(rng.lognormvariate(torch.log(torch.tensor(new / 8)).item(), 1.0))))
+    return [min(new, max(1, round(rng.lognormvariate(math.log(new / 8), 1.0))))
             for _ in range(n)]
 
 
@@ -168,7 +169,7 @@ def _time_steps(engine: ContinuousEngine) -> list[tuple[str, int, float]]:
             start = time.perf_counter()
             out = forward(cache, rows, *args)
             _sync(device)
-            steps.append((kind, len(args[0]) if args else rows.n, time.perf_counter() - start))
+            steps.append((kind, len(args[0]) if kind == "prefill" else rows.n, time.perf_counter() - start))
             return out
         return run
 

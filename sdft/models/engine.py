@@ -151,8 +151,7 @@ class ContinuousEngine:
                 done = self._advance(logits, rows, range(rows.n, rows.n + len(group)))
                 rows.n += len(group)
             else:
-                logits = static.step() if static else self._decode(cache, rows)
-                done = self._advance(logits, rows, range(rows.n))
+                done = self._advance(self._decode(cache, rows, static), rows, range(rows.n))
             rows.compact(cache)
             if done:
                 bar.update(len(done))
@@ -200,17 +199,22 @@ class ContinuousEngine:
             rows.keys[slot] = example_key(self.seed, ex)
         return out.logits[:, -1]
 
-    def _decode(self, cache: SlotCache, rows: "_Rows") -> torch.Tensor:
-        """One step over the busy slots [0, n); returns [n, V] logits."""
+    def _decode(self, cache: SlotCache, rows: "_Rows", static: StaticDecode | None) -> torch.Tensor:
+        """One step over the busy slots [0, n), at fixed shapes when ``static`` is given; returns [n, V] logits."""
         n = rows.n
-        pos = rows.length[:n]
-        rows.valid[torch.arange(n, device=self.device), pos] = True
-        cache.pos, cache.width = pos, int(pos.max()) + 1
-        mask = attention_mask_for(self.model, rows.valid[:n, None, None, :cache.width])
-        out = self.model(input_ids=rows.last[:n, None], attention_mask=mask, position_ids=rows.next_pos[:n, None],
-                         cache=cache, use_cache=True)
+        rows.valid[torch.arange(n, device=self.device), rows.length[:n]] = True
+        logits = static.forward(n) if static else self.step_forward(cache, rows, n, int(rows.length[:n].max()) + 1)
         rows.length[:n] += 1
         rows.next_pos[:n] += 1
+        return logits
+
+    def step_forward(self, cache: SlotCache, rows: "_Rows", b: int, width: int) -> torch.Tensor:
+        """The model's forward on slots [0, b): each slot's last token at its own position, its K/V written
+        at its cache length, the first ``width`` cache positions attended as its mask allows; [b, V] logits."""
+        cache.pos, cache.width = rows.length[:b], width
+        mask = attention_mask_for(self.model, rows.valid[:b, None, None, :width])
+        out = self.model(input_ids=rows.last[:b, None], attention_mask=mask, position_ids=rows.next_pos[:b, None],
+                         cache=cache, use_cache=True)
         return out.logits[:, -1]
 
     def _advance(self, logits: torch.Tensor, rows: "_Rows", slots: range) -> dict[str, list[int]]:

@@ -121,7 +121,7 @@ def test_a_failed_capture_falls_back_to_eager_steps(caplog):
 
 
 def test_static_decode_keeps_every_address_a_graph_replays(monkeypatch):
-    """A CUDA graph replays fixed addresses: every static step must read its inputs from the same buffers
+    """A CUDA graph replays fixed addresses: every static step must read its inputs from the same tensors
     and write the same K/V tensors, from the first decode step to the last (slots moved, rows refilled)."""
     from sdft.models.decode_graphs import StaticDecode
 
@@ -130,7 +130,8 @@ def test_static_decode_keeps_every_address_a_graph_replays(monkeypatch):
 
     def spy(self, b):
         logits = forward(self, b)
-        tensors = [self.ids, self.positions, self.writes, self.mask, *self.cache.k.values(), *self.cache.v.values()]
+        rows = self.rows
+        tensors = [rows.last, rows.next_pos, rows.length, rows.valid, *self.cache.k.values(), *self.cache.v.values()]
         seen.append((b, tuple(t.data_ptr() for t in tensors), self.cache.pos.data_ptr()))
         return logits
 
@@ -141,8 +142,8 @@ def test_static_decode_keeps_every_address_a_graph_replays(monkeypatch):
     model.generation_config.eos_token_id = [2, 5, 11, 17]  # rows end at many different steps
     assert _engine(model, tok, prompts, s, 4, decode="static") == _reference(model, tok, prompts, s)
     assert {b for b, _, _ in seen} == {1, 2, 4}                 # every bucket was used
-    assert len({ptrs for _, ptrs, _ in seen}) == 1             # the same buffers and cache throughout
-    assert {pos for _, _, pos in seen} == {seen[0][1][2]}      # the cache reads write positions from that buffer
+    assert len({ptrs for _, ptrs, _ in seen}) == 1             # the same slot state and cache throughout
+    assert {pos for _, _, pos in seen} == {seen[0][1][2]}      # the cache reads write positions from rows.length
 
 
 def test_decode_buckets_and_settings(caplog):
