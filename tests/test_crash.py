@@ -15,7 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, REPRODUCIBLE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def _child(config: str, out: str, env: dict, log: str) -> None:
 
 
 def _run(ctx, config: Path, out: Path, **env) -> multiprocessing.Process:
-    base = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    base = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **REPRODUCIBLE_ENV}
     p = ctx.Process(target=_child, args=(str(config), str(out), {**base, **env}, str(out) + ".log"))
     p.start()
     return p

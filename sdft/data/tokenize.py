@@ -110,9 +110,9 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
         logits: [B, T, V] model outputs.
         labels: [B, T] target ids, -100 where no loss is taken.
     Returns:
-        (loss_sum: scalar float32, n_tokens: scalar int64)
+        (loss_sum: scalar, float32 at least (float64 logits stay float64, for references), n_tokens: scalar int64)
     """
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1)
     loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
     return loss, (shift_labels != -100).sum()

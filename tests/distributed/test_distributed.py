@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import math_rows, run_cli, run_torchrun, write_jsonl
+from tests.conftest import REPRODUCIBLE_ENV, math_rows, run_cli, run_torchrun, write_jsonl
+from tests.numerics import requires_bf16_sdpa
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -81,9 +82,9 @@ def test_sampled_rewrites_are_the_same_on_one_and_two_ranks(tiny_config, tmp_pat
     assert len({r["rewrite"] for r in a}) > 1
 
 
-def _train2(path, out, *overrides):
+def _train2(path, out, *overrides, env=None):
     """A 2-rank ``sdft train`` into ``out`` that must succeed."""
-    res = run_torchrun(2, "train", str(path), f"output_dir={out}", *overrides)
+    res = run_torchrun(2, "train", str(path), f"output_dir={out}", *overrides, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -140,6 +141,7 @@ def test_a_users_own_stage0_config_path_works(distilled, tmp_path):
     assert bad.returncode != 0 and "gradient_accumulation_steps=1 contradicts train.grad_accum (= 2)" in bad.stderr
 
 
+@requires_bf16_sdpa
 def test_bf16_under_zero2_trains(distilled):
     path, _, clone = distilled
     d = clone("bf16")
@@ -154,13 +156,13 @@ def test_killed_two_rank_training_resumes_to_the_same_weights(distilled):
     over = ["train.deepspeed=zero3", "train.grad_accum=1", "train.max_steps=4", "train.save_every=2",
             "train.lora_dropout=0.1"]
     broken, unbroken = clone("broken"), clone("unbroken")
-    killed = run_torchrun(2, "train", str(path), f"output_dir={broken}", *over, env={"SDFT_KILL_AT": "train_step:3"},
-                          retry=False)
+    killed = run_torchrun(2, "train", str(path), f"output_dir={broken}", *over,
+                          env={**REPRODUCIBLE_ENV, "SDFT_KILL_AT": "train_step:3"}, retry=False)
     assert killed.returncode != 0
     assert [p.name for p in (broken / "train" / "checkpoints").glob("step-*")] == ["step-000002"]
-    resumed = _train2(path, broken, *over)
+    resumed = _train2(path, broken, *over, env=REPRODUCIBLE_ENV)
     assert "resuming from step-000002 (step 2 of 4)" in resumed.stderr
-    _train2(path, unbroken, *over)
+    _train2(path, unbroken, *over, env=REPRODUCIBLE_ENV)
     a = load_file(str(broken / "train" / "final" / "adapter_model.safetensors"))
     b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
     for k in a:

@@ -7,6 +7,7 @@ from sdft.context import RunContext
 from sdft.models.loading import load_model
 from sdft.models.run_models import load_tuned
 from sdft.pipeline import Pipeline
+from tests.numerics import assert_close_scaled
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -23,5 +24,5 @@ def test_export_loads_without_peft_and_matches_the_tuned_model(tiny_config, meth
     x = torch.tensor([ctx.tok("The answer is 5.")["input_ids"]])
     with torch.no_grad():
         want, got, base = tuned(x).logits, exported(x).logits, seed(x).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_close_scaled(got, want, sides=2)  # merged weights: the same function, summed in another order
     assert (got - base).abs().max() > 1e-3  # training changed something, so the check above has teeth

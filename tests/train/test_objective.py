@@ -3,6 +3,8 @@
 logits run one example at a time), and how it splits a step's global batch."""
 
 
+import copy
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from sdft.errors import ConfigError
 from sdft.train.objective import CausalLMLoss, SFTObjective, build_loss_module, fused_loss_blocker
 from sdft.train.packing import collate_packed, packing_blocker, plan_packed_step
 from tests.conftest import math_rows
+from tests.numerics import assert_close_scaled, assert_scalar_close, requires_bf16_sdpa
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
 
@@ -49,33 +52,35 @@ def _grads(module):
 
 @pytest.mark.parametrize("arch, attn", [(a, "sdpa") for a in ARCHS] + [("llama", "eager"), ("qwen3", "eager")])
 def test_fused_packed_equals_plain_one_by_one(arch, attn, data, tiny_tok):
-    """fp32, relative 1e-5: the summed loss and every gradient of a packed batch through the fused loss
-    equal those of the examples run alone through the model's own logits. Eager attention adds its mask
-    to the scores, so the block mask reaches it as an additive one (a bool mask would mask nothing)."""
+    """The summed loss and every gradient of a packed fp32 batch through the fused loss equal those of
+    the examples run alone through a float64 copy's own logits (``tests.numerics`` budgets). Eager
+    attention adds its mask to the scores, so the block mask reaches it as an additive one (a bool mask
+    would mask nothing)."""
     model = tiny(arch, len(tiny_tok), attn)
     assert fused_loss_blocker(model) is None and packing_blocker(model) is None
-    plain, fused = CausalLMLoss(model, fused=False), CausalLMLoss(model, fused=True)
+    ref = copy.deepcopy(model).double()
+    plain = CausalLMLoss(ref, fused=False)
     alone = 0.0
     for i in range(len(data)):
         loss = plain(**collate(data, [i], tiny_tok.pad_token_id))
         loss.backward()
         alone += loss.item()
-    g_alone = _grads(model)
-    model.zero_grad()
+    g_alone = _grads(ref)
     lengths = [len(x) for x in data.input_ids]
     plan = plan_packed_step(lengths, list(range(len(data))), 1, 2 * max(lengths))
     assert len(plan[0]) < len(data)  # something is packed
-    loss = fused(**collate_packed(data, plan[0], tiny_tok.pad_token_id))
+    loss = CausalLMLoss(model, fused=True)(**collate_packed(data, plan[0], tiny_tok.pad_token_id))
     loss.backward()
-    assert loss.item() == pytest.approx(alone, rel=1e-5)
+    assert_scalar_close(loss.item(), alone)
     assert g_alone.keys() == _grads(model).keys()
     for n, g in _grads(model).items():
-        torch.testing.assert_close(g, g_alone[n], rtol=1e-5, atol=1e-6, msg=n)
+        assert_close_scaled(g, g_alone[n], msg=n)
 
 
+@requires_bf16_sdpa
 def test_fused_under_bf16_autocast_and_lora_matches_plain(data, tiny_tok):
-    """LoRA adapters' gradients through the fused loss under bf16 autocast match the plain path's
-    (both run the head's matmul in bf16; bf16 tolerances)."""
+    """LoRA adapters' gradients through the fused loss under bf16 autocast match the plain path's (both
+    run the head's matmul in bf16, so each is a bf16 computation of the same gradient: two budgets)."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny("llama", len(tiny_tok)), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
@@ -91,10 +96,10 @@ def test_fused_under_bf16_autocast_and_lora_matches_plain(data, tiny_tok):
             loss = CausalLMLoss(model, fused)(**b)
         loss.backward()
         out[fused] = (loss.item(), _grads(model))
-    assert out[True][0] == pytest.approx(out[False][0], rel=2e-2)
+    assert_scalar_close(out[True][0], out[False][0], torch.bfloat16, sides=2)
     assert out[True][1].keys() == out[False][1].keys() and out[True][1]
     for n, g in out[True][1].items():
-        torch.testing.assert_close(g, out[False][1][n], rtol=5e-2, atol=2e-3, msg=n)
+        assert_close_scaled(g, out[False][1][n], torch.bfloat16, msg=n, sides=2)
 
 
 def test_blockers_name_the_reason_and_on_fails(tiny_tok):
@@ -122,8 +127,8 @@ MORE_ARCHS = ["gemma", "gemma3_text", "phi3", "olmo2", "granite", "qwen2_moe", "
 @pytest.mark.parametrize("model_type", MORE_ARCHS + ["cohere", "phi"])
 def test_fused_loss_equals_the_models_own_logits_or_is_refused(model_type):
     """``auto`` turns the fused loss on from the config alone, so every architecture it admits must give
-    the model's own loss and gradients (fp32, 1e-5); the ones that transform or bias their logits
-    (cohere's logit_scale, phi's head bias) are refused with the reason."""
+    the model's own loss and gradients (fp32 against a float64 copy's own logits); the ones that
+    transform or bias their logits (cohere's logit_scale, phi's head bias) are refused with the reason."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -132,6 +137,7 @@ def test_fused_loss_equals_the_models_own_logits_or_is_refused(model_type):
     if hasattr(cfg, "head_dim"):
         cfg.head_dim = 8
     cfg._attn_implementation = "eager"
+    cfg._experts_implementation = "eager"  # the grouped-matmul experts have no float64 kernel
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg).train()
     for m in model.modules():
@@ -145,15 +151,18 @@ def test_fused_loss_equals_the_models_own_logits_or_is_refused(model_type):
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     labels = ids.clone()
     labels[:, :5] = -100
-    out = {}
+    ref = copy.deepcopy(model).double()
+    ref_loss = CausalLMLoss(ref, False)(input_ids=ids, labels=labels)
+    ref_loss.backward()
+    ref_grads = _grads(ref)
     for fused in (False, True):
         model.zero_grad()
         loss = CausalLMLoss(model, fused)(input_ids=ids, labels=labels)
         loss.backward()
-        out[fused] = (loss.item(), _grads(model))
-    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
-    for n, g in out[False][1].items():
-        torch.testing.assert_close(out[True][1][n], g, rtol=1e-5, atol=1e-6, msg=n)
+        assert_scalar_close(loss.item(), ref_loss.item())
+        assert _grads(model).keys() == ref_grads.keys()
+        for n, g in _grads(model).items():
+            assert_close_scaled(g, ref_grads[n], msg=f"fused={fused} {n}")
 
 
 @pytest.mark.parametrize("packing", ["off", "on"])

@@ -7,6 +7,7 @@ import torch
 from sdft.data.tokenize import tokenize_rows
 from sdft.eval.evaluators.retention import retention_metrics
 from sdft.models.loading import load_model
+from tests.numerics import budget
 
 ROWS = [{"id": "a", "instruction": "Say hi.", "response": "Hi there!"},
         {"id": "b", "instruction": "Name a colour, please.", "response": "Blue."},
@@ -50,9 +51,11 @@ def test_kl_and_nll_match_a_float64_reference(tiny_model_dir, tiny_tok):
     got = retention_metrics(other, seed, data, tiny_tok.pad_token_id, batch_size=2)  # padding in play
     kl, nll, n, kl_se, nll_se = _reference(other, seed, data)
     assert got["tokens"] == n
-    assert got["kl"] == pytest.approx(kl, rel=1e-4) and got["kl"] > 0
-    assert got["nll"] == pytest.approx(nll, rel=1e-5)
-    assert got["kl_se"] == pytest.approx(kl_se, rel=1e-3) and got["kl_se"] > 0
-    assert got["nll_se"] == pytest.approx(nll_se, rel=1e-4) and got["nll_se"] > 0
+    # Every figure is computed from float32 log-probabilities of size ~NLL: one float32 budget of that scale.
+    tol = budget(torch.float32, nll)
+    assert abs(got["kl"] - kl) <= tol and got["kl"] > 10 * tol
+    assert abs(got["nll"] - nll) <= tol
+    assert abs(got["kl_se"] - kl_se) <= tol and got["kl_se"] > 10 * tol
+    assert abs(got["nll_se"] - nll_se) <= tol and got["nll_se"] > 10 * tol
     same = retention_metrics(seed, seed, data, tiny_tok.pad_token_id)
-    assert same["kl"] == 0.0 and same["nll"] == pytest.approx(_reference(seed, seed, data)[1], rel=1e-5)
+    assert same["kl"] == 0.0 and abs(same["nll"] - _reference(seed, seed, data)[1]) <= tol
