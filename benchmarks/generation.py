@@ -100,8 +100,8 @@ def quickstart_workload(limit: int):
     model = load_model(cfg.model.path, cfg.model.dtype, torch.device("cpu"))
     examples, _ = load_examples(cfg.data.train, cfg.data, limit=limit or cfg.data.limit)
     template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
-    prompts = {ex.id: encode_prompt(tok, template, ex.instruction, reference=ex.response, system=ex.system)
-               for ex in examples}
+    prompts = {ex.id: encode_prompt(tok, template, ex.instruction, reference=ex.response, system=ex.system,
+                                    layout=cfg.prompt.layout) for ex in examples}
     return model, tok, prompts, cfg.distill.sampling, cfg.distill.batch_size
 
 

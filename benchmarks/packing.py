@@ -44,8 +44,8 @@ def write_lengths() -> None:
     with open(cfg.data.train) as f:
         for line in f:
             row = json.loads(line)
-            ids, labels = encode_example(tok, cfg.train.template, row[cfg.data.instruction_field],
-                                         row[cfg.data.output_field])
+            ids, labels, _ = encode_example(tok, cfg.train.template, row[cfg.data.instruction_field],
+                                            row[cfg.data.output_field], layout=cfg.prompt.layout)
             prompt = sum(1 for y in labels if y == -100)
             out.append([prompt, len(ids) - prompt])
     LENGTHS.write_text(json.dumps(out) + "\n")

@@ -63,4 +63,5 @@ class RunContext:
         """Read the training data and render one conversation of every shape (system turn or not, number
         of turns) with each of ``templates`` that is the chat route, so that a bad record, or a role the
         tokenizer's chat template rejects, stops the command before any work, naming the record."""
-        check_renders(self.train_examples()[0], templates, lambda: self.tok)
+        check_renders(self.train_examples()[0], templates, lambda: self.tok,
+                      every_turn=self.cfg.train.loss_turns == "all")

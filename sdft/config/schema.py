@@ -25,6 +25,20 @@ class ModelConfig:
 
 
 @dataclass
+class PromptConfig:
+    """How a text template (``alpaca``, ``math``, ``math_infer``; ``using``, ``refer`` and ``math`` when
+    distilling) becomes token ids; the ``chat`` template renders through the tokenizer instead."""
+
+    layout: Literal["paper", "paper_llama3", "joined"] = "paper"
+    """``paper``: the authors' encoding behind the paper's Llama-2 numbers (sail-sg/sdft, branch
+    ``reproduce``): each piece encoded on its own (BOS, system block, separator, turn; an answer and its
+    EOS), instruction and reference stripped, later turns opening with separator + BOS.
+    ``paper_llama3``: the authors' later LLaMA-Factory (their Llama-3 runs): the system sentence runs
+    straight into the instruction, no BOS for the alpaca family, nothing stripped. ``joined``: system
+    block and turn encoded as one string, BOS as the tokenizer adds it (sdft 0.1)."""
+
+
+@dataclass
 class DataConfig:
     """Where the task data lives and how its records map onto (instruction, response)."""
 
@@ -62,6 +76,9 @@ class DataConfig:
     ``gpt``/``assistant``), or of plain strings alternating user and assistant (LIMA)."""
     system_field: str = "system"
     """Optional per-example system prompt (used by the chat template route)."""
+    history_field: str = "history"
+    """alpaca and prompt_response layouts: optional earlier turns of a conversation, a list of ``[user,
+    assistant]`` pairs (the authors' LIMA file)."""
     on_error: Literal["error", "skip"] = "error"
     """A malformed record (bad JSON, missing field): stop with an error naming file and line, or
     skip it and report the count."""
@@ -117,7 +134,11 @@ class DistillConfig:
     """Rows generated together: slots of the continuous engine, or prompts per ``generate`` call
     (sorted by length, left-padded) with ``generation.engine=hf``."""
     cutoff_len: int = 1024
-    """Prompts longer than this (in tokens) are not distilled; the example keeps its original answer."""
+    """Longest rewrite prompt, in tokens."""
+    overlength: Literal["truncate", "skip"] = "truncate"
+    """A longer prompt: cut to ``cutoff_len`` by ``prompt.layout``'s rule and still generated, as the
+    authors did (it can lose its tail, "### Response:" included), or not distilled (the example keeps its
+    original answer). Counted either way."""
     turns: Literal["all", "last"] = "all"
     """Multi-turn conversations: rewrite every assistant turn (each from the conversation before it, with
     the original earlier turns, and its own reference shown) or only the last; each rewritten turn is
@@ -250,8 +271,11 @@ class TrainConfig:
     """Cross-entropy fused with the lm_head matmul (``sdft_kernels``): no [tokens, vocab] logits,
     prompt tokens skipped; Triton kernel on CUDA. ``auto``: on unless the model transforms its
     logits after the head (soft-capping, scaling) or LoRA adapts the head; ``on``: error then."""
-    overlength: Literal["skip", "error"] = "skip"
-    """An example longer than ``cutoff_len``: skip it (counted and reported) or stop with an error."""
+    overlength: Literal["truncate", "skip", "error"] = "truncate"
+    """An example longer than ``cutoff_len``: cut it to ``cutoff_len`` and keep it, as the authors'
+    preprocessing (and LLaMA-Factory's and TRL's) does: each turn's prompt and answer shortened in
+    proportion to their lengths (``prompt.layout``'s rule); skip it; or stop with an error. Cut and skipped
+    examples are counted in the training summary and logged."""
     save_every: int = 0
     """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
     deepspeed: str = ""
@@ -374,6 +398,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when visible, else CPU."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -384,15 +409,21 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
+    def prompt_inputs(self, *templates: str) -> dict:
+        """``{"prompt": ...}`` when one of ``templates`` is a text template (its token ids depend on
+        ``prompt.layout``), else ``{}``: part of the stage records and checkpoints of stages that use them."""
+        return {"prompt": asdict(self.prompt)} if any(t and t != "chat" for t in templates) else {}
+
     def training_recipe(self) -> dict:
         """The settings a trained model depends on beyond its data: the model, ``train`` (with
-        ``train.on_policy`` only for that objective), and the ``quantization`` section when the base is
-        trained in 4 bits (stage records and checkpoints compare it). On-policy sampling goes through
-        ``generation.engine``, so it is part of that objective's recipe."""
+        ``train.on_policy`` only for that objective), ``prompt`` for a text template, and the
+        ``quantization`` section when the base is trained in 4 bits (stage records and checkpoints
+        compare it). On-policy sampling goes through ``generation.engine``, so it is part of that
+        objective's recipe."""
         train = asdict(self.train)
         if self.train.objective == "sft":  # the objective's own settings do not touch an SFT run, whose
             del train["objective"], train["on_policy"]  # records keep the form they had before there was a choice
-        out = {"model": asdict(self.model), "train": train}
+        out = {"model": asdict(self.model), "train": train, **self.prompt_inputs(self.train.template)}
         if self.train.method == "qlora":
             out["quantization"] = asdict(self.quantization)
         if self.train.objective == "on_policy":

@@ -78,10 +78,10 @@ _FINAL = re.compile(r"\n?####\s*(.+?)\s*$")
 
 
 def gsm8k_answer(answer: str) -> str:
-    """GSM8K's ``... <<48/2=24>>24 ... #### 72`` -> ``... 24 ...\\nThe answer is 72.`` (the paper's data)."""
+    """GSM8K's ``... <<48/2=24>>24 ... #### 72`` -> ``... 24 ...\\nThe answer is 72.``, as the authors' files
+    have it (a thousands separator stays: ``#### 1,080`` -> ``The answer is 1,080.``)."""
     text = _CALC.sub("", answer)
     m = _FINAL.search(text)
     if m is None:
         return text
-    number = m.group(1).replace(",", "")
-    return text[:m.start()].rstrip() + f"\nThe answer is {number}."
+    return text[:m.start()].rstrip() + f"\nThe answer is {m.group(1)}."

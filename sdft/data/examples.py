@@ -145,6 +145,19 @@ def _text(fields: dict[str, Any], name: str, required: bool = True) -> str:
     return value
 
 
+def _history(fields: dict[str, Any], name: str) -> list[list[str]]:
+    """The earlier turns of an alpaca-layout conversation: ``[[user, assistant], ...]`` (empty or absent:
+    a single-turn example)."""
+    value = fields.get(name)
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) and x.strip() for x in t)
+            for t in value):
+        raise DataError(f"field {name!r} must be a list of [user, assistant] pairs of non-empty strings")
+    return [list(t) for t in value]
+
+
 def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_required: bool = True) -> Example:
     """Normalise one record. Raises ``DataError`` (without location; the caller adds it)."""
     system = _text(fields, cfg.system_field, required=False)
@@ -155,9 +168,11 @@ def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_requi
         if extra.strip():
             instruction = instruction + "\n" + extra
         response = _text(fields, cfg.output_field, required=response_required)
+        history = _history(fields, cfg.history_field)
     elif fmt == "prompt_response":
         instruction = _text(fields, cfg.prompt_field)
         response = _text(fields, cfg.response_field, required=response_required)
+        history = _history(fields, cfg.history_field)
     elif fmt in ("messages", "sharegpt"):
         name = cfg.messages_field if fmt == "messages" else cfg.conversations_field
         try:

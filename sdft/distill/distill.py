@@ -4,7 +4,8 @@ Stage entry: ``run_distill(ctx)``. Output (``<output_dir>/distill``, paths from 
 - ``rewrites.jsonl``: one ``{id, rewrite, prompt_tokens}`` record per example, in data-set order; a
   multi-turn conversation has one ``{id, turn, rewrite, prompt_tokens}`` record per rewritten assistant
   turn (``distill.turns``), each prompted with the conversation before it
-  (``rewrite`` is None with a ``skipped`` reason when the prompt exceeds ``distill.cutoff_len``; with
+  (a prompt longer than ``distill.cutoff_len`` is cut to it and still generated, as the authors did; with
+  ``distill.overlength=skip``, ``rewrite`` is None with a ``skipped`` reason instead; with
   ``generation.engine=hf`` also ``batch``, the batch it was sampled in by its first id, and ``batch_size``).
 - ``generation_config.json``: template, sampling settings and model, written before the first batch;
   a restart with different settings is refused rather than mixing two distributions.
@@ -40,7 +41,7 @@ from sdft.errors import StageError
 from sdft.layout import RunLayout
 from sdft.models.generation import choose_engine, generate_batches, generate_texts, generation_record, plan_batches
 from sdft.models.run_models import load_distill_seed
-from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt
+from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt_fit
 from sdft.utils.faults import maybe_kill
 from sdft.utils.switches import resolve_switch
 from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, remove, repair_jsonl_tail, write_jsonl
@@ -63,7 +64,9 @@ def _generation_config(cfg: RunConfig, engine: str) -> dict:
                  if cfg.distill.quantized else cfg.model.dtype)
     d = cfg.distill
     return {"model": cfg.model.path, "dtype": cfg.model.dtype, "precision": precision, "template": d.template,
-            "cutoff_len": d.cutoff_len, **generation_record(d.sampling, d.batch_size, d.seed, engine)}
+            "cutoff_len": d.cutoff_len, **generation_record(d.sampling, d.batch_size, d.seed, engine),
+            **({"prompt_layout": cfg.prompt.layout, "overlength": d.overlength} if d.template != "chat" else
+               {"overlength": d.overlength})}
 
 
 def balanced_shards(lengths: dict[str, int], world: int) -> list[list[str]]:
@@ -111,7 +114,7 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
     world, rank = runtime.world_size(), runtime.rank()
     units = rewrite_units(examples, cfg.distill.turns)
     by_key = {u.key: u for u in units}
-    prompts, too_long = _encode(cfg, units, tok)
+    prompts, too_long, cut = _encode(cfg, units, tok)
     d = cfg.distill
     if d.mode == "zero3" and world > 1 and not d.zero3_gather:  # only generate's synced_gpus gathers per layer
         resolve_switch("generation.engine", cfg.generation.engine, "distill.zero3_gather=false gathers each layer at "
@@ -133,8 +136,11 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
     if rank == 0:
         append_jsonl(layout.rewrites_part(0), [r for r in too_long if record_key(r) not in done])
         if too_long:
-            log.warning("distill: %d prompt(s) longer than distill.cutoff_len=%d keep their original answer",
-                        len(too_long), cfg.distill.cutoff_len)
+            log.warning("distill: %d prompt(s) longer than distill.cutoff_len=%d keep their original answer "
+                        "(distill.overlength=skip)", len(too_long), cfg.distill.cutoff_len)
+        if cut:
+            log.warning("distill: cut %d prompt(s) longer than distill.cutoff_len=%d to that length (their tail, "
+                        "the template's last line included, is lost; e.g. %s)", len(cut), cfg.distill.cutoff_len, cut[0])
         if done:
             log.info("distill: resuming, %d/%d answers already done", len(done), len(units))
     shards = balanced_shards({i: len(p) for i, p in prompts.items()}, world)
@@ -155,21 +161,28 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
         _merge(layout, units)
     runtime.barrier()
     return {"examples": len(examples), "turns": len(units), "generated": len(prompts), "prompt_too_long": len(too_long),
+            "prompt_truncated": len(cut),
             "world_size": world, "mode": cfg.distill.mode if world > 1 else "single", "generation_config": record}
 
 
-def _encode(cfg: RunConfig, units: list[RewriteUnit], tok) -> tuple[dict[str, list[int]], list[dict]]:
-    """The rewrite prompts by unit key, and the records of the units whose prompt is too long."""
-    template = DISTILL_TEMPLATE_NAMES[cfg.distill.template]
-    prompts, too_long = {}, []
+def _encode(cfg: RunConfig, units: list[RewriteUnit], tok) -> tuple[dict[str, list[int]], list[dict], list[str]]:
+    """The rewrite prompts by unit key (a longer one cut to ``distill.cutoff_len``), the records of the
+    units whose prompt is too long (``distill.overlength=skip``), and the keys of the cut prompts."""
+    d = cfg.distill
+    template = DISTILL_TEMPLATE_NAMES[d.template]
+    prompts, too_long, cut = {}, [], []
     for u in units:
-        ids = encode_prompt(tok, template, u.instruction, reference=u.reference, system=u.system, history=u.history)
-        if len(ids) > cfg.distill.cutoff_len:
+        ids, was_cut = encode_prompt_fit(tok, template, u.instruction, reference=u.reference, system=u.system,
+                                         history=u.history, layout=cfg.prompt.layout,
+                                         cutoff=d.cutoff_len if d.overlength == "truncate" else None)
+        if len(ids) > d.cutoff_len:
             too_long.append({**_unit_fields(u), "rewrite": None, "prompt_tokens": len(ids),
-                             "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={cfg.distill.cutoff_len})"})
-        else:
-            prompts[u.key] = ids
-    return prompts, too_long
+                             "skipped": f"prompt_too_long ({len(ids)} > distill.cutoff_len={d.cutoff_len})"})
+            continue
+        prompts[u.key] = ids
+        if was_cut:
+            cut.append(u.key)
+    return prompts, too_long, cut
 
 
 def _unit_fields(u: RewriteUnit) -> dict:

@@ -1,25 +1,35 @@
-"""Prompt templates: the paper's distillation templates, the task templates, and the chat route.
+"""Prompt templates: the paper's distillation and task templates, the chat route, and how each becomes
+token ids.
 
-Layouts follow the paper's ``reproduce`` branch (the one its numbers come from): the system sentence,
-a blank line, then ``### Instruction:`` blocks for the alpaca family; ``<<SYS>>`` ... ``[INST]`` for
-the math family. Prompt and response are tokenized separately (as LLaMA-Factory does), so the
-boundary between masked prompt tokens and trained response tokens is exact. The tokenizer's own
-BOS convention is kept: a BOS id is prepended only when the tokenizer adds one to plain text.
+A text template (``alpaca``, ``math``, ``math_infer``; ``using``, ``refer``, ``math_distill`` show the
+reference answer) has a system block, a separator and a turn. ``prompt.layout`` says how they become ids:
 
-The ``chat`` template instead renders through the tokenizer's own chat template (a user turn with
-the instruction, plus the reference answer when distilling), for modern chat models.
+- ``paper``: as the authors' code that produced the paper's Llama-2 numbers (sail-sg/sdft, branch
+  ``reproduce``, ``Template._encode``). Every piece is encoded on its own, so a SentencePiece tokenizer
+  puts a ``▁`` at the start of each: first turn ``BOS + system block + separator + turn``, a later turn
+  ``separator + BOS + turn``; the instruction and the reference are stripped; an answer is its own
+  text + EOS. In a conversation every earlier turn is rendered with the same turn text (a distillation
+  template shows each earlier turn its own answer as the reference).
+- ``paper_llama3``: as the authors' later LLaMA-Factory that ran their Llama-3 experiments: the system
+  block runs straight into the turn (no separator, no BOS for the alpaca family; the math family puts
+  BOS between them), later turns open with the separator, nothing is stripped.
+- ``joined``: the system block, separator and turn encoded as one string, BOS as the tokenizer adds it
+  to plain text; earlier turns of a conversation without their reference (sdft 0.1's encoding).
 
-A multi-turn conversation comes as ``history`` (its earlier ``[user, assistant]`` turns) before the
-last turn: the chat route puts them in the message list; a text template renders each earlier turn
-with its turn block, the answer and EOS (the reference, when distilling, is shown for the last turn
-only). Training can put the loss on every assistant turn or on the last.
+The ``chat`` template renders through the tokenizer's own chat template instead (``templates.chat``).
+
+An example is a list of ``(prompt part, answer part)`` pairs, one per assistant turn (``encode_turns``);
+training concatenates them, with the loss on the answer parts (``encode_example``), and cuts an
+over-long one with the layout's rule (``templates.truncation``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdft.errors import ConfigError, DataError
+from sdft.errors import ConfigError
+from sdft.templates.chat import chat_prompt, chat_turns
+from sdft.templates.truncation import Pair, fit_pairs, fit_prompt
 
 USING_SYSTEM = ("Below are an instruction that describes a task along with a reference answer. "
                 "Using the reference answer as a guide, write your own response.")
@@ -35,50 +45,67 @@ MATH_INFER_SYSTEM = (MATH_SYSTEM + " Your final answer should be an integer at t
                      "formatted as: The answer is {answer}.")
 MATH_FORCED_PREFIX = "Great! Let's think step by step. "
 
-_SYSTEM_HEAD = "{system}\n\n"
-_MATH_HEAD = "<<SYS>>\n{system}\n<</SYS>>\n\n"
+_ALPACA_BLOCK = "{system}"
+_MATH_BLOCK = "<<SYS>>\n{system}\n<</SYS>>\n\n"
 _ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
 _DISTILL_TURN = "### Instruction:\n{instruction}\n\n### Reference Answer:\n{reference}\n\n### Response:\n"
-_MATH_TURN = "[INST] {instruction} [/INST] "
+_MATH_TURN = "[INST] {instruction} [/INST]"
+# The authors' gsm8k_distill turn ends with the forced prefix and its trailing space.
 _MATH_DISTILL_TURN = "[INST] {instruction}\n\n{reference} [/INST] " + MATH_FORCED_PREFIX
-# Between the EOS that ends an earlier answer and the next turn of a multi-turn conversation.
+# joined layout: between the EOS that ends an earlier answer and the next turn.
 TURN_SEP = "\n\n"
 # The chat route's distillation request, put in the user turn.
 CHAT_DISTILL_USER = USING_SYSTEM + "\n\n### Instruction:\n{instruction}\n\n### Reference Answer:\n{reference}"
 
+LAYOUTS = ("paper", "paper_llama3", "joined")
+
 
 @dataclass(frozen=True)
 class TextTemplate:
-    """A paper template: ``head`` (the system block, once) then one ``turn`` per user turn. Earlier turns
-    of a multi-turn conversation are rendered with ``history_turn`` (no reference shown), each followed
-    by its answer, EOS and ``TURN_SEP`` (LLaMA-Factory's layout of a conversation in these templates)."""
+    """A paper template: ``block`` (the system block, once), ``sep`` and one ``turn`` per user turn."""
 
     name: str
-    head: str
-    turn: str
     system: str
+    block: str
+    sep: str
+    turn: str
     uses_reference: bool
-    history_turn: str = ""
+    history_turn: str
+    """``joined`` layout: an earlier turn of a conversation (no reference shown)."""
+    bos_after_block: bool = False
+    """``paper_llama3`` layout: BOS between the system block and each turn (the authors' math templates)."""
+    llama3_sep: str = ""
+    """``paper_llama3`` layout: what opens a later turn."""
 
-    @property
-    def body(self) -> str:
-        return self.head + self.turn
+
+def _alpaca(name: str, system: str, turn: str, uses_reference: bool) -> TextTemplate:
+    return TextTemplate(name, system, _ALPACA_BLOCK, "\n\n", turn, uses_reference, _ALPACA_TURN, llama3_sep="\n\n")
+
+
+def _math(name: str, system: str, turn: str, uses_reference: bool) -> TextTemplate:
+    return TextTemplate(name, system, _MATH_BLOCK, "", turn, uses_reference, _MATH_TURN, bos_after_block=True)
 
 
 TEXT_TEMPLATES = {
     # Distillation (show the reference answer).
-    "using": TextTemplate("using", _SYSTEM_HEAD, _DISTILL_TURN, USING_SYSTEM, True, _ALPACA_TURN),
-    "refer": TextTemplate("refer", _SYSTEM_HEAD, _DISTILL_TURN, REFER_SYSTEM, True, _ALPACA_TURN),
-    "math_distill": TextTemplate("math_distill", _MATH_HEAD, _MATH_DISTILL_TURN, MATH_DISTILL_SYSTEM, True, _MATH_TURN),
+    "using": _alpaca("using", USING_SYSTEM, _DISTILL_TURN, True),
+    "refer": _alpaca("refer", REFER_SYSTEM, _DISTILL_TURN, True),
+    "math_distill": _math("math_distill", MATH_DISTILL_SYSTEM, _MATH_DISTILL_TURN, True),
     # Task templates (training and evaluation).
-    "alpaca": TextTemplate("alpaca", _SYSTEM_HEAD, _ALPACA_TURN, ALPACA_SYSTEM, False, _ALPACA_TURN),
-    "math": TextTemplate("math", _MATH_HEAD, _MATH_TURN, MATH_SYSTEM, False, _MATH_TURN),
-    "math_infer": TextTemplate("math_infer", _MATH_HEAD, _MATH_TURN, MATH_INFER_SYSTEM, False, _MATH_TURN),
+    "alpaca": _alpaca("alpaca", ALPACA_SYSTEM, _ALPACA_TURN, False),
+    "math": _math("math", MATH_SYSTEM, _MATH_TURN, False),
+    "math_infer": _math("math_infer", MATH_INFER_SYSTEM, _MATH_TURN, False),
 }
 # distill.template names -> template; "math" means the paper's gsm8k_distill when distilling.
 DISTILL_TEMPLATE_NAMES = {"using": "using", "refer": "refer", "math": "math_distill", "chat": "chat"}
 # train.template / eval.template names (text templates without the reference, and the chat route).
 TASK_TEMPLATE_NAMES = ("alpaca", "math", "math_infer", "chat")
+
+
+def truncation_rule(layout: str) -> str:
+    """The cut an over-long example gets under ``layout`` (``templates.truncation``)."""
+    return "budget" if layout == "paper_llama3" else "proportional"
+
 
 def _bos_prefix(tok) -> list[int]:
     """The ids the tokenizer itself puts before plain text (e.g. Llama's <s>), else []."""
@@ -89,38 +116,12 @@ def _bos_prefix(tok) -> list[int]:
 
 
 def _encode(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 def encode_plain(tok, text: str) -> list[int]:
     """``text`` as a raw completion prompt (no template), with BOS if the tokenizer adds one."""
     return _bos_prefix(tok) + _encode(tok, text)
-
-
-def _chat_messages(system: str, history, user_text: str) -> list[dict]:
-    msgs = [{"role": "system", "content": system}] if system else []
-    for user, answer in history:
-        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    msgs.append({"role": "user", "content": user_text})
-    return msgs
-
-
-def _check_chat(tok) -> None:
-    if not getattr(tok, "chat_template", None):
-        raise ConfigError("template 'chat' needs a tokenizer with a chat template; this tokenizer has "
-                            "none: use a text template (alpaca, math, using, refer)")
-
-
-def _render(tok, msgs: list[dict], generation_prompt: bool) -> list[int]:
-    """Token ids of ``msgs`` through the tokenizer's chat template; a conversation the template refuses
-    (a role it does not know, turns it wants alternating) is a ``DataError`` with the template's reason."""
-    from jinja2.exceptions import TemplateError
-
-    try:
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
-    except TemplateError as e:
-        raise DataError(f"the tokenizer's chat template rejects this conversation: {e}") from None
-    return _encode(tok, text)
 
 
 def _template(template: str, reference: str | None) -> TextTemplate:
@@ -133,72 +134,100 @@ def _template(template: str, reference: str | None) -> TextTemplate:
 
 
 def prompt_text(template: str, instruction: str, reference: str | None = None) -> str:
-    """The prompt string of a text template for a single turn (no BOS)."""
+    """A text template's single-turn prompt as one string (no BOS)."""
     t = _template(template, reference)
-    return t.body.format(system=t.system, instruction=instruction, reference=reference or "")
+    return (t.block + t.sep + t.turn).format(system=t.system, instruction=instruction, reference=reference or "")
 
 
-def _encode_text(tok, template: str, instruction: str, reference: str | None, history) -> tuple[list[int], list[tuple[int, int]]]:
-    """A text template's prompt ids for the last turn after ``history``, and the [start, end) span of each
-    earlier answer (its text and EOS) in them."""
-    t = _template(template, reference)
-    head = t.head.format(system=t.system)
-    ids, spans = list(_bos_prefix(tok)), []
-    for j, (user, answer) in enumerate(history):
-        ids += _encode(tok, (head if j == 0 else TURN_SEP) + t.history_turn.format(instruction=user))
-        start = len(ids)
-        ids += _encode(tok, answer) + [tok.eos_token_id]
-        spans.append((start, len(ids)))
-    ids += _encode(tok, (TURN_SEP if history else head) + t.turn.format(instruction=instruction, reference=reference or ""))
-    return ids, spans
+def _text_turns(tok, t: TextTemplate, layout: str, turns: list[tuple[str, str | None, str | None]]) -> list[Pair]:
+    """``(prompt part, answer part)`` of each ``(instruction, reference, answer)`` turn; the last answer
+    may be None (a generation prompt: its answer part is empty)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"prompt.layout: unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    bos = _bos_prefix(tok)
+    eos = [tok.eos_token_id]
+    pairs = []
+    for k, (instruction, reference, answer) in enumerate(turns):
+        if layout == "paper":
+            turn = t.turn.format(instruction=instruction.strip(), reference=(reference or "").strip())
+            source = (bos + _encode(tok, t.block.format(system=t.system)) + _encode(tok, t.sep) if k == 0
+                      else _encode(tok, t.sep) + bos) + _encode(tok, turn)
+        elif layout == "paper_llama3":
+            turn = t.turn.format(instruction=instruction, reference=reference or "")
+            source = ((_encode(tok, t.block.format(system=t.system)) if k == 0 else _encode(tok, t.llama3_sep))
+                      + (bos if t.bos_after_block else []) + _encode(tok, turn))
+        else:
+            last = k == len(turns) - 1
+            turn = (t.turn if last else t.history_turn).format(instruction=instruction, reference=reference or "")
+            head = t.block.format(system=t.system) + t.sep if k == 0 else TURN_SEP
+            source = (bos if k == 0 else []) + _encode(tok, head + turn)
+        pairs.append((source, [] if answer is None else _encode(tok, answer) + eos))
+    return pairs
 
 
-def encode_prompt(tok, template: str, instruction: str, reference: str | None = None,
-                  system: str = "", history=()) -> list[int]:
-    """Token ids of the prompt the model continues from (generation, or the masked part in training).
+def _turn_list(instruction: str, reference: str | None, answer: str | None, history, shows_reference: bool):
+    """The turns of a conversation: each earlier turn's reference is its own answer where the template
+    shows one (the authors' rendering of a conversation in a distillation template)."""
+    return [*((u, a if shows_reference else None, a) for u, a in history), (instruction, reference, answer)]
+
+
+def encode_prompt(tok, template: str, instruction: str, reference: str | None = None, system: str = "",
+                  history=(), layout: str = "paper", cutoff: int | None = None) -> list[int]:
+    """Token ids of the prompt the model continues from (generation).
 
     ``template`` is a text template name or ``"chat"``; ``reference`` is given for distillation (the
-    reference of the last turn). ``history``: the earlier ``[user, assistant]`` turns of a multi-turn
-    conversation, rendered before the last one. ``system`` is used only by the chat route (text
-    templates carry the paper's fixed system).
+    reference of the last turn). ``history``: the earlier ``[user, assistant]`` turns of a conversation,
+    rendered before the last one. ``system`` is used by the chat route only (text templates carry the
+    paper's fixed system). ``cutoff``: an over-long prompt is cut to it by the layout's rule.
     """
+    return encode_prompt_fit(tok, template, instruction, reference, system, history, layout, cutoff)[0]
+
+
+def encode_prompt_fit(tok, template: str, instruction: str, reference: str | None = None, system: str = "",
+                      history=(), layout: str = "paper", cutoff: int | None = None) -> tuple[list[int], bool]:
+    """``encode_prompt`` and whether the cutoff cut it."""
     if template == "chat":
-        _check_chat(tok)
-        user = CHAT_DISTILL_USER.format(instruction=instruction, reference=reference) if reference is not None else instruction
-        return _render(tok, _chat_messages(system, history, user), generation_prompt=True)
-    return _encode_text(tok, template, instruction, reference, history)[0]
+        if reference is not None:
+            instruction = CHAT_DISTILL_USER.format(instruction=instruction, reference=reference)
+        ids = chat_prompt(tok, instruction, system, history)
+        return (ids[:cutoff], True) if cutoff is not None and len(ids) > cutoff else (ids, False)
+    t = _template(template, reference)
+    turns = _turn_list(instruction, reference, None, history, t.uses_reference)
+    pairs = _text_turns(tok, t, layout, turns)
+    if cutoff is None:
+        return [i for s, a in pairs for i in s + a], False
+    target = _encode(tok, reference) + [tok.eos_token_id] if reference is not None else []
+    return fit_prompt(pairs[:-1], pairs[-1][0], target, cutoff, truncation_rule(layout))
+
+
+def encode_turns(tok, template: str, instruction: str, response: str, system: str = "", history=(),
+                 layout: str = "paper", every_turn: bool = True) -> list[Pair]:
+    """``(prompt part, answer part)`` for each assistant turn of a training example, in order. Text
+    templates: an answer part is the answer's ids + EOS. Chat: the tokenizer's rendering, an answer part
+    being the answer and the template's own end-of-turn tokens (``templates.chat``); ``every_turn=False``
+    gives one pair there, the earlier turns inside its prompt part."""
+    if template == "chat":
+        return chat_turns(tok, instruction, response, system, history, every_turn)
+    t = _template(template, None)
+    return _text_turns(tok, t, layout, _turn_list(instruction, None, response, history, False))
 
 
 def encode_example(tok, template: str, instruction: str, response: str, system: str = "", history=(),
-                   train_history: bool = False) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for supervised training; labels are -100 on every token not trained on.
+                   train_history: bool = False, layout: str = "paper",
+                   cutoff: int | None = None) -> tuple[list[int], list[int], bool]:
+    """(input_ids, labels, cut) for supervised training; labels are -100 on every token not trained on.
 
-    Trained: the last answer, and with ``train_history`` every earlier answer of ``history`` too; never
-    a system or user turn. Text templates: each answer's ids + EOS. Chat: the tokenizer's rendering of
-    the whole conversation; an answer's trained part is whatever the template appends after the
-    generation prompt of its turn (the answer and the template's own end-of-turn tokens).
+    Trained: the last answer part, and with ``train_history`` every earlier one too; never a system or
+    user turn. ``cutoff``: an over-long example is cut by the layout's rule and kept (``cut`` says so;
+    a cut can leave the last answer no tokens, and then, without ``train_history``, nothing is trained).
     """
-    if template != "chat":
-        prompt, spans = _encode_text(tok, template, instruction, None, history)
-        answer = _encode(tok, response) + [tok.eos_token_id]
-        labels = [-100] * len(prompt) + answer
-        for start, end in spans if train_history else ():
-            labels[start:end] = prompt[start:end]
-        return prompt + answer, labels
-    prompt = encode_prompt(tok, template, instruction, system=system, history=history)
-    msgs = _chat_messages(system, history, instruction) + [{"role": "assistant", "content": response}]
-    full = _render(tok, msgs, generation_prompt=False)
-    if full[:len(prompt)] != prompt:
-        raise ConfigError("the tokenizer's chat template does not render the generation prompt as a "
-                            "prefix of the full conversation; use a text template for this model")
-    labels = [-100] * len(prompt) + full[len(prompt):]
-    first = 1 if system else 0
-    for j in range(len(history) if train_history else 0):
-        before = _render(tok, msgs[:first + 2 * j + 1], generation_prompt=True)
-        end = _render(tok, msgs[:first + 2 * j + 2], generation_prompt=False)
-        start = len(before)
-        if full[:start] != before or full[:len(end)] != end or start > len(end):
-            raise ConfigError("the tokenizer's chat template renders an earlier assistant turn differently once "
-                              "later turns follow (e.g. it drops their reasoning); set train.loss_turns=last")
-        labels[start:len(end)] = full[start:len(end)]
-    return full, labels
+    pairs = encode_turns(tok, template, instruction, response, system, history, layout, every_turn=train_history)
+    n, cut = len(pairs), False
+    if cutoff is not None:
+        pairs, cut = fit_pairs(pairs, cutoff, truncation_rule(layout) if template != "chat" else "proportional")
+    ids, labels = [], []
+    for k, (source, target) in enumerate(pairs):  # a cut keeps a prefix of the pairs: k is the turn's index
+        trained = train_history or k == n - 1
+        ids += source + target
+        labels += [-100] * len(source) + (target if trained else [-100] * len(target))
+    return ids, labels, cut

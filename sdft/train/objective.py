@@ -180,8 +180,8 @@ class SFTObjective:
     """Supervised fine-tuning: the summed cross-entropy of the response tokens, normalised by the global
     batch's response tokens; micro-batches padded, or packed with ``train.packing``."""
 
-    def __init__(self, t: TrainConfig, rows: list[dict], tok, world: int, rank: int):
-        data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength, t.loss_turns)
+    def __init__(self, t: TrainConfig, rows: list[dict], tok, world: int, rank: int, layout: str = "paper"):
+        data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength, t.loss_turns, layout)
         self.t, self.data, self.pad_id, self.world, self.rank = t, data, tok.pad_token_id, world, rank
         self.skipped_overlength = data.skipped_overlength
         # Counted once, not per step: the loss's denominator and the packing plan's input.
@@ -234,7 +234,8 @@ class SFTObjective:
         pass
 
     def summary(self) -> dict:
-        return {"objective": "sft", "fused_loss": self.fused, "packing": self.packing}
+        return {"objective": "sft", "fused_loss": self.fused, "packing": self.packing,
+                "truncated": len(self.data.truncated), "skipped_empty": len(self.data.skipped_empty)}
 
 
 def fused_loss_on(model, mode: str) -> bool:

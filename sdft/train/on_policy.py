@@ -22,7 +22,7 @@ packing: the samples are only known at the step).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,7 +31,7 @@ from sdft.data.tokenize import right_pad
 from sdft.distributed import runtime
 from sdft.errors import ConfigError, DataError
 from sdft.models.generation import choose_engine, sample_token_ids
-from sdft.templates import encode_prompt
+from sdft.templates import encode_prompt_fit
 from sdft.train.batching import TokenSlots
 from sdft.train.objective import Batch, StepBatches, fused_loss_on, hidden_and_head, register_head
 from sdft.train.teacher import Teacher
@@ -48,6 +48,7 @@ class PromptPairs:
     student: list[list[int]]
     teacher: list[list[int]]
     skipped_overlength: list[str]
+    truncated: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,17 +59,20 @@ class PromptPairs:
 
 
 def encode_prompt_pairs(rows: list[dict], tok, cfg: RunConfig) -> PromptPairs:
-    """Both prompts of every ``{id, instruction, response, system}`` row. A row whose teacher prompt plus
-    the longest answer exceeds ``train.cutoff_len`` is skipped and counted (or refused with
-    ``train.overlength=error``)."""
+    """Both prompts of every ``{id, instruction, response, system}`` row. Each prompt must leave room for
+    ``train.on_policy.sampling.max_new_tokens`` within ``train.cutoff_len``: a longer one is cut to fit
+    by ``prompt.layout``'s rule (``train.overlength=truncate``; counted), or its row skipped (``skip``;
+    counted) or refused (``error``)."""
     t, o = cfg.train, cfg.train.on_policy
+    room = t.cutoff_len - o.sampling.max_new_tokens
     out = PromptPairs([], [], [], [])
     for row in rows:
         system, history = row.get("system", ""), row.get("history", ())
-        student = encode_prompt(tok, t.template, row["instruction"], system=system, history=history)
-        teacher = encode_prompt(tok, t.template, o.teacher_template.format(instruction=row["instruction"],
-                                                                          demonstration=row["response"]),
-                                system=system, history=history)
+        teacher_text = o.teacher_template.format(instruction=row["instruction"], demonstration=row["response"])
+        prompts = [encode_prompt_fit(tok, t.template, text, system=system, history=history, layout=cfg.prompt.layout,
+                                     cutoff=room if t.overlength == "truncate" else None)
+                   for text in (row["instruction"], teacher_text)]
+        (student, cut_s), (teacher, cut_t) = prompts
         longest = max(len(student), len(teacher)) + o.sampling.max_new_tokens
         if longest > t.cutoff_len:
             if t.overlength == "error":
@@ -76,9 +80,15 @@ def encode_prompt_pairs(rows: list[dict], tok, cfg: RunConfig) -> PromptPairs:
                                 f"max_new_tokens is {longest} tokens, longer than train.cutoff_len={t.cutoff_len}")
             out.skipped_overlength.append(row["id"])
             continue
+        if cut_s or cut_t:
+            out.truncated.append(row["id"])
         out.ids.append(row["id"])
         out.student.append(student)
         out.teacher.append(teacher)
+    if out.truncated:
+        log.warning("train: cut the prompts of %d example(s) to leave train.on_policy.sampling.max_new_tokens=%d "
+                    "within train.cutoff_len=%d (e.g. %s)", len(out.truncated), o.sampling.max_new_tokens,
+                    t.cutoff_len, out.truncated[0])
     if out.skipped_overlength:
         log.warning("train: skipped %d example(s) whose teacher prompt + answer exceeds train.cutoff_len=%d (e.g. %s)",
                     len(out.skipped_overlength), t.cutoff_len, out.skipped_overlength[0])
@@ -220,5 +230,6 @@ class OnPolicyObjective:
     def summary(self) -> dict:
         o = self.o
         return {"objective": "on_policy", "fused_loss": self.fused, "packing": False, "sampling_engine": self.engine,
+                "truncated": len(self.pairs.truncated),
                 "teacher": o.teacher, "divergence": o.divergence, "top_k": o.top_k, "skip_first": o.skip_first,
                 "samples_per_prompt": o.samples_per_prompt}

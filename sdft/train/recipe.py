@@ -97,7 +97,7 @@ class TrainRecipe:
             self.objective = OnPolicyObjective(self.cfg, rows, self.tok, self.world, self.rank, self.device,
                                                zero_stage(self.ds) if self.ds else None)
         else:
-            self.objective = SFTObjective(t, rows, self.tok, self.world, self.rank)
+            self.objective = SFTObjective(t, rows, self.tok, self.world, self.rank, self.cfg.prompt.layout)
         self.model = build_model(self.cfg, self.device, self.ds)
         module = self.objective.loss_module(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]

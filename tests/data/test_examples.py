@@ -150,7 +150,7 @@ def test_gsm8k_preprocessing_is_the_papers():
     raw = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nIn all she sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
     assert gsm8k_answer(raw) == ("Natalia sold 48/2 = 24 clips in May.\nIn all she sold 48+24 = 72 clips.\n"
                                  "The answer is 72.")
-    assert gsm8k_answer("x #### 1,000") == "x\nThe answer is 1000." and gsm8k_answer("no marker") == "no marker"
+    assert gsm8k_answer("x #### 1,000") == "x\nThe answer is 1,000." and gsm8k_answer("no marker") == "no marker"
 
 
 def test_hub_data_sets_load_through_datasets_with_config_and_split(tmp_path):
@@ -245,3 +245,16 @@ def test_a_loading_script_repository_is_refused_with_the_json_form_to_use(tmp_pa
         load_examples(hub(repo, split="train"), DataConfig())
     exs, _ = load_examples(f"hub:json?data_files={repo}/train.jsonl&split=train", DataConfig())
     assert (exs[0].instruction, exs[0].response) == ("a", "b")
+
+
+def test_an_alpaca_record_with_history_is_a_conversation(tmp_path):
+    """The authors' LIMA file: alpaca fields plus ``history``, a list of [user, assistant] pairs."""
+    rows = [{"instruction": "And a fruit?", "input": "", "output": "An apple.",
+             "history": [["Hi.", "Hello!"], ["Name a color.", "Blue."]]},
+            {"instruction": "Alone.", "input": "", "output": "Yes.", "history": []}]
+    examples, _ = load_examples(_write(tmp_path / "lima.json", rows, "json"), DataConfig())
+    assert examples[0].history == [["Hi.", "Hello!"], ["Name a color.", "Blue."]] and examples[1].history == []
+    assert examples[0].turns()[-1] == ["And a fruit?", "An apple."]
+    bad = _write(tmp_path / "bad.jsonl", [{"instruction": "q", "output": "a", "history": [["only one"]]}], "jsonl")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: field 'history' must be a list of \[user, assistant\] pairs"):
+        load_examples(bad, DataConfig())

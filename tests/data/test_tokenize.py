@@ -50,8 +50,14 @@ def test_overlength_skip_counts_and_error_names_the_example(tiny_tok):
     assert data.ids == ["short"] and data.skipped_overlength == ["long"]
     with pytest.raises(DataError, match=r"example 'long' is \d+ tokens.*train\.cutoff_len=200"):
         tokenize_rows(rows, tiny_tok, "alpaca", cutoff_len=200, overlength="error")
-    with pytest.raises(DataError, match="no training example fits"):
+    with pytest.raises(DataError, match=r"no training example left to train on \(train.cutoff_len=200, 1 too long"):
         tokenize_rows(rows[1:], tiny_tok, "alpaca", cutoff_len=200, overlength="skip")
+    cut = tokenize_rows(rows, tiny_tok, "alpaca", cutoff_len=200)  # the default: cut and kept
+    assert cut.ids == ["short", "long"] and cut.truncated == ["long"] and not cut.skipped_overlength
+    # The authors' rule: the answer keeps max(int(200 * 2 / (prompt + 2)), 1) = 1 token ("b", its EOS cut),
+    # the prompt its first 199.
+    b = tiny_tok("b", add_special_tokens=False)["input_ids"]
+    assert len(cut.input_ids[1]) == 200 and cut.labels[1] == [-100] * 199 + b
     everything = tokenize_rows(rows, tiny_tok, "alpaca")  # no cutoff: nothing is skipped (retention scoring)
     assert everything.ids == ["short", "long"] and not everything.skipped_overlength
     assert everything.response_tokens() == [sum(1 for y in lab[1:] if y != -100) for lab in everything.labels]

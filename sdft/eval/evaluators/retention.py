@@ -16,7 +16,6 @@ import torch
 from sdft.data.examples import Example, load_examples
 from sdft.data.tokenize import TokenizedSet, collate, tokenize_rows
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric, general_template
-from sdft.templates.prompts import encode_prompt
 from sdft.utils.io import read_jsonl, write_jsonl
 
 
@@ -70,12 +69,12 @@ def seed_responses(ctx: EvalContext, prompts: list[Example], cache: Path) -> lis
     cfg = ctx.cfg
     length = {"max_new_tokens": cfg.eval.retention_max_new_tokens, "do_sample": False}
     template = general_template(ctx.tok)
-    key = {"model": cfg.model.path, "template": template, **ctx.generation_key(**length)}
+    key = {"model": cfg.model.path, **ctx.prompt_key(template), **ctx.generation_key(**length)}
     if cache.exists():
         rows = read_jsonl(cache)
         if rows and rows[0].get("key") == key and [r["id"] for r in rows] == [p.id for p in prompts]:
             return rows
-    enc = {p.id: encode_prompt(ctx.tok, template, p.instruction, system=p.system, history=p.history) for p in prompts}
+    enc = {p.id: ctx.prompt(template, p.instruction, system=p.system, history=p.history) for p in prompts}
     answers = ctx.generate(ctx.seed_model, enc, 0, desc="seed responses", **length)
     rows = [{**p.to_dict(), "response": answers[p.id], "key": key} for p in prompts]
     write_jsonl(cache, rows)
@@ -97,7 +96,7 @@ class RetentionEvaluator(Evaluator):
         prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
         self.rows = seed_responses(ctx, prompts, ctx.files.seed_responses)
         # No cutoff: retention is measured on every token of the seed's responses, for every model.
-        self.data = tokenize_rows(self.rows, ctx.tok, general_template(ctx.tok))
+        self.data = tokenize_rows(self.rows, ctx.tok, general_template(ctx.tok), layout=cfg.prompt.layout)
 
     def key(self, ctx: EvalContext) -> dict:
         return {"data": ctx.cfg.data.general_prompts, "seed_responses": self.rows[0]["key"],

@@ -17,7 +17,6 @@ from pathlib import Path
 from sdft.data.records import read_records
 from sdft.errors import DataError
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric, general_template
-from sdft.templates.prompts import encode_prompt
 
 SHIPPED_REQUESTS = Path(__file__).parents[1] / "data" / "harmful_requests.jsonl"
 PROMPT_FIELDS = ("prompt", "goal", "instruction")
@@ -69,16 +68,16 @@ class SafetyEvaluator(Evaluator):
 
     def key(self, ctx: EvalContext) -> dict:
         ev = ctx.cfg.eval
-        return {"data": self.path, "requests": [i for i, _ in self.requests], "template": self.template,
+        return {"data": self.path, "requests": [i for i, _ in self.requests], **ctx.prompt_key(self.template),
                 "suffix": ev.safety_suffix,
                 "generation": ctx.generation_key(max_new_tokens=ev.safety_max_new_tokens)}
 
     def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
-        ev, tok = ctx.cfg.eval, ctx.tok
+        ev = ctx.cfg.eval
         prompts = {}
         for rid, text in self.requests:
-            prompts[f"plain/{rid}"] = encode_prompt(tok, self.template, text)
-            prompts[f"adv/{rid}"] = encode_prompt(tok, self.template, f"{text} {ev.safety_suffix}")
+            prompts[f"plain/{rid}"] = ctx.prompt(self.template, text)
+            prompts[f"adv/{rid}"] = ctx.prompt(self.template, f"{text} {ev.safety_suffix}")
         answers = ctx.generate(model, prompts, seed, desc="safety", max_new_tokens=ev.safety_max_new_tokens)
         rows = [{"id": rid, "request": text, "response": answers[f"{kind}/{rid}"], "adversarial": kind == "adv",
                  "refusal": is_refusal(answers[f"{kind}/{rid}"])}

@@ -7,7 +7,6 @@ from __future__ import annotations
 from sdft.data.examples import Example, load_examples
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric
 from sdft.gates import resolve_gate, run_gate, task_checker
-from sdft.templates.prompts import encode_prompt
 
 
 def task_accuracy(model, ctx: EvalContext, examples: list[Example], template: str, checker: str,
@@ -17,8 +16,7 @@ def task_accuracy(model, ctx: EvalContext, examples: list[Example], template: st
     Returns the metrics and one row per example (prediction, reference, verdict and its reason).
     """
     gate = resolve_gate(checker, option="eval.checker")
-    prompts = {ex.id: encode_prompt(ctx.tok, template, ex.instruction, system=ex.system, history=ex.history)
-               for ex in examples}
+    prompts = {ex.id: ctx.prompt(template, ex.instruction, system=ex.system, history=ex.history) for ex in examples}
     answers = ctx.generate(model, prompts, seed, desc="task")
     rows, correct = [], 0
     for ex in examples:
@@ -41,7 +39,7 @@ class TaskEvaluator(Evaluator):
         self.checker = task_checker(cfg.filter.gates, cfg.eval.checker)
 
     def key(self, ctx: EvalContext) -> dict:
-        return {"data": ctx.cfg.data.test, "template": self.template, "checker": self.checker,
+        return {"data": ctx.cfg.data.test, **ctx.prompt_key(self.template), "checker": self.checker,
                 "examples": [ex.id for ex in self.examples],
                 "generation": ctx.generation_key()}
 
