@@ -33,31 +33,46 @@ _NUMBER = re.compile(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?")
 
 
 def ban_list(rewrite: str, reference: str) -> GateResult:
-    """Reject rewrites that talk about the distillation set-up instead of answering."""
-    low = rewrite.lower()
+    """Reject rewrites that talk about the distillation set-up instead of answering, exactly as the
+    paper's ``verify``: any ban phrase, in any case; or a start of "Your turn" (case as written). An
+    empty rewrite passes (the authors' training then drops the example; so does sdft's)."""
+    text = rewrite.strip()
+    low = text.lower()
     for phrase in BAN_PHRASES:
         if phrase in low:
             return GateResult(False, f"contains {phrase!r}")
-    if low.startswith("your turn"):
+    if text.startswith("Your turn"):
         return GateResult(False, "starts with 'Your turn'")
+    return GateResult(True)
+
+
+def ban_list_strict(rewrite: str, reference: str) -> GateResult:
+    """``ban_list``, and also "your turn" at the start in any case, and an empty rewrite (sdft's
+    stricter variant; the paper recipes use ``ban_list``)."""
+    res = ban_list(rewrite, reference)
+    if not res.passed:
+        return res
+    if rewrite.strip().lower().startswith("your turn"):
+        return GateResult(False, "starts with 'your turn'")
     if not rewrite.strip():
         return GateResult(False, "empty rewrite")
     return GateResult(True)
 
 
 def find_last_integer(text: str) -> int | None:
-    """The last number in ``text`` as an integer (the paper's ``utils.find_last_integer``).
+    """The last number in ``text`` as an integer, as the paper's ``utils.find_last_integer``.
 
-    Commas and spaces inside a number are removed ("1,000" and "1 000" are 1000); a number with a
-    non-zero decimal part is not an integer, so the result is None.
+    Commas and spaces inside a number are removed ("1,000" and "1 000" are 1000; a number broken by
+    another space character, such as a newline, is no integer); a number with a non-zero decimal part is
+    not an integer either: None.
     """
     matches = _NUMBER.findall(text)
     if not matches:
         return None
-    num = re.sub(r"[,\s]", "", matches[-1])
+    num = matches[-1].replace(",", "").replace(" ", "")
     if "." in num:
         whole, frac = num.split(".", 1)
-        if frac.strip("0"):
+        if int(frac) != 0:
             return None
         num = whole
     try:
@@ -67,8 +82,10 @@ def find_last_integer(text: str) -> int | None:
 
 
 def math(rewrite: str, reference: str) -> GateResult:
-    """Accept iff the last integers of rewrite and reference are equal."""
-    want, got = find_last_integer(reference), find_last_integer(rewrite)
+    """Accept iff the last integers of rewrite and reference are equal (the paper's ``check_math``; a
+    reference with no final integer rejects everything, where theirs would accept a rewrite with none
+    either: no GSM8K or MultiArith reference lacks one)."""
+    want, got = find_last_integer(reference), find_last_integer(rewrite.strip())
     if want is None:
         return GateResult(False, "reference has no final integer")
     if got != want:
@@ -77,18 +94,21 @@ def math(rewrite: str, reference: str) -> GateResult:
 
 
 def _normalise_call(s: str) -> str:
-    s = re.sub(r"\s+", " ", s.strip()).replace("'", '"')
-    return s.replace('", "', '","')
+    """The paper's ``standardize_function_call``: whitespace runs to one space, ' to ", every ", " to ","."""
+    return re.sub(r"\s+", " ", s.strip()).replace("'", '"').replace(", ", ",")
+
+
+_CALL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\((.*)\)")
 
 
 def function_call(rewrite: str, reference: str) -> GateResult:
-    """Accept iff the reference call ``name(args)`` occurs verbatim (after normalisation) in the rewrite."""
-    ref = _normalise_call(reference)
-    m = re.search(r"([\w.]+)\((.*)\)", ref, flags=re.S)
+    """Accept iff the reference call ``name(args)`` occurs, after normalisation, in the rewrite with a
+    word boundary before the name (the paper's ``check_openfunction``)."""
+    m = _CALL.match(_normalise_call(reference))
     if m is None:
         return GateResult(False, "reference is not of the form name(args)")
-    call = f"{m.group(1)}({m.group(2)})"
-    if call not in _normalise_call(rewrite):
+    name, params = m.groups()
+    if re.search(r"\b" + re.escape(name) + r"\(" + re.escape(params) + r"\)", _normalise_call(rewrite)) is None:
         return GateResult(False, "reference call not found")
     return GateResult(True)
 
@@ -111,6 +131,7 @@ def python_code(rewrite: str, reference: str) -> GateResult:
 
 def magicoder(rewrite: str, reference: str) -> GateResult:
     """The paper's MagiCoder check: a ```python block and an opening of 'I have', 'Here is' or 'I implemented'."""
+    rewrite = rewrite.strip()
     if "```python" not in rewrite:
         return GateResult(False, "no ```python block")
     if not rewrite.startswith(("I have", "Here is", "I implemented")):
@@ -118,8 +139,9 @@ def magicoder(rewrite: str, reference: str) -> GateResult:
     return GateResult(True)
 
 
-BUILTIN_GATES: dict[str, Gate] = {"ban_list": ban_list, "math": math, "function_call": function_call,
-                                  "python_code": python_code, "magicoder": magicoder}
+BUILTIN_GATES: dict[str, Gate] = {"ban_list": ban_list, "ban_list_strict": ban_list_strict, "math": math,
+                                  "function_call": function_call, "python_code": python_code,
+                                  "magicoder": magicoder}
 # Gates that judge task correctness (usable as an eval checker); ban_list only judges style.
 TASK_GATES = ("math", "function_call", "python_code", "magicoder")
 

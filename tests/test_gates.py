@@ -1,8 +1,11 @@
+import os
+import re
+
 import pytest
 
 from sdft.errors import ConfigError
-from sdft.gates import (ban_list, find_last_integer, function_call, magicoder, math, python_code,
-                               resolve_gate, run_gate)
+from sdft.gates import (ban_list, ban_list_strict, find_last_integer, function_call, magicoder, math, python_code,
+                        resolve_gate, run_gate)
 
 
 @pytest.mark.parametrize("text, want", [
@@ -23,14 +26,17 @@ def test_math_gate():
 
 
 @pytest.mark.parametrize("text", ["Using the Reference Answer, 8.", "Here is MY RESPONSE: 8", "your own response is 8",
-                                  "Now it's your turn: 8", "Your turn! 8", "", "Your response: 8"])
+                                  "Now it's your turn: 8", "Your turn! 8", "  Your turn! 8", "Your response: 8"])
 def test_ban_list_rejects(text):
-    assert not ban_list(text, "8").passed
+    assert not ban_list(text, "8").passed and not ban_list_strict(text, "8").passed
 
 
-def test_ban_list_accepts_plain_answers():
+def test_ban_list_accepts_plain_answers_and_strict_is_stricter():
     assert ban_list("Sure, the total is 8.", "8").passed
     assert ban_list("I turned it over; 8.", "8").passed
+    # The paper's check is case-sensitive for the opening and lets an empty rewrite through.
+    for text in ("your turn: 8", "YOUR TURN 8", "", "  \n"):
+        assert ban_list(text, "8").passed and not ban_list_strict(text, "8").passed
 
 
 def test_function_call_gate():
@@ -39,6 +45,94 @@ def test_function_call_gate():
     assert not function_call("get_weather(unit='C', city='Paris')", ref).passed  # argument order matters
     assert not function_call("get_time(city='Paris', unit='C')", ref).passed
     assert not function_call("anything", "not a call").passed
+    assert not function_call("my_get_weather(city='Paris', unit='C')", ref).passed  # a word boundary before the name
+    assert function_call("api.get_weather(city='Paris',unit='C')", ref).passed
+
+
+# The authors' gates, written out from sail-sg/sdft (main: eval/gen_distilled_data.py ``verify``,
+# eval/utils.py ``find_last_integer``, eval/eval_math.py ``check_math``, eval/eval_openfunction.py
+# ``check_openfunction``, eval/eval_magicoder.py ``check_magicoder``), on stripped fields as
+# ``strip_dict`` leaves them.
+def authors_verify(predict: str) -> bool:
+    bans = {"reference answer", "your response", "my response", "your own response", "now it's your turn"}
+    return not any(b.lower() in predict.lower() for b in bans) and not predict.startswith("Your turn")
+
+
+def authors_find_last_integer(s: str) -> str:
+    numbers = re.findall(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?", s)
+    number = numbers[-1].replace(",", "").replace(" ", "") if numbers else "-999999999"
+    if len(number.split(".")) > 1 and int(number.split(".")[1]) != 0:
+        return "-999999999"
+    return number.split(".")[0]
+
+
+def authors_check_math(predict: str, label: str) -> bool:
+    try:
+        return int(authors_find_last_integer(label)) == int(authors_find_last_integer(predict.strip()))
+    except ValueError:
+        return False
+
+
+def authors_check_openfunction(predict: str, label: str) -> bool:
+    def standardize(call):
+        return re.sub(r"\s+", " ", call.strip()).replace("'", '"').replace(", ", ",")
+
+    name, params = re.match(r"([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\((.*)\)", standardize(label)).groups()
+    return re.search(r"\b" + re.escape(name) + r"\(" + re.escape(params) + r"\)", standardize(predict)) is not None
+
+
+def authors_check_magicoder(predict: str) -> bool:
+    predict = predict.strip()
+    return "```python" in predict and predict.startswith(("I have", "Here is", "I implemented"))
+
+
+REWRITES = ["Your turn: 7", "your turn: 7", "", "So the answer is 7.", "It's 1,080.", "It is 1 080 in all.", "24\n72",
+            "7.5", "7.0", "-7", "Here is my Response: 7", "NOW IT'S YOUR TURN", "The total: 1,080 dollars.",
+            "I have written it:\n```python\nprint(7)\n```", "  Here is the code ```python x```", "Sure! ```python```"]
+
+
+@pytest.mark.parametrize("rewrite", REWRITES)
+@pytest.mark.parametrize("reference", ["The answer is 7.", "The answer is 1,080.", "The answer is -7."])
+def test_gates_equal_the_authors_on_stripped_text(rewrite, reference):
+    text = rewrite.strip()
+    assert ban_list(text, reference).passed == authors_verify(text)
+    assert math(text, reference).passed == authors_check_math(text, reference)
+    assert magicoder(text, reference).passed == authors_check_magicoder(text)
+
+
+CALLS = ["get_weather(city='Paris', unit='C')", "calc.area(shape='circle, small', r=2)", "f(x=1)"]
+CALL_REWRITES = ['get_weather(city="Paris",unit="C")', "I would call get_weather(city='Paris',  unit='C').",
+                 "my_get_weather(city='Paris', unit='C')", "x.get_weather(city='Paris', unit='C')",
+                 "calc.area(shape='circle,small', r=2)", "calc.area(shape=\"circle, small\", r=2) does it",
+                 "area(shape='circle, small', r=2)", "f(x=1)", "ff(x=1)", "f(x = 1)", "f( x=1)", "the call is\nf(x=1)"]
+
+
+@pytest.mark.parametrize("reference", CALLS)
+@pytest.mark.parametrize("rewrite", CALL_REWRITES)
+def test_function_call_equals_the_authors(rewrite, reference):
+    assert function_call(rewrite, reference).passed == authors_check_openfunction(rewrite, reference)
+
+
+AUTHORS_DATA = os.environ.get("SDFT_AUTHORS_DATA", "")
+
+
+@pytest.mark.skipif(not AUTHORS_DATA, reason="set SDFT_AUTHORS_DATA to the data/ folder of a sail-sg/sdft checkout "
+                                            "(main, bfb6c25) to check the gates on the authors' distilled files")
+@pytest.mark.parametrize("name, gates", [("openfunction", [ban_list, function_call]), ("alpaca", [ban_list])])
+def test_every_rewrite_the_authors_kept_passes_our_gates(name, gates):
+    """Their distilled training files: where an answer differs from the original one, their gate kept
+    that rewrite; ours must keep it too, given the same rewrite and reference."""
+    import json
+    from pathlib import Path
+
+    root = Path(AUTHORS_DATA) / name
+    original = json.loads((root / f"{name}_train.json").read_text())
+    distilled = json.loads((root / f"distilled_{name}.json").read_text())
+    assert len(original) == len(distilled)
+    kept = [(d["output"], o["output"].strip()) for o, d in zip(original, distilled) if d["output"] != o["output"].strip()]
+    assert kept
+    refused = [(r, ref) for r, ref in kept if not all(g(r, ref).passed for g in gates)]
+    assert not refused, f"{len(refused)} of {len(kept)} kept rewrites refused, e.g. {refused[0]}"
 
 
 def test_python_code_and_magicoder_gates():

