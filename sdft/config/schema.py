@@ -114,6 +114,11 @@ class GenerationConfig:
     batches seeded per batch (the reference); ``auto``: continuous where it gives ``generate``'s result
     (llama, mistral, qwen2, qwen3 and gemma families with sdpa or eager attention, no sliding window
     shorter than the sequences), else hf."""
+    dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
+    """Dtype of the models distillation and evaluation load (every evaluator of ``sdft eval`` runs on
+    them): ``model`` is ``model.dtype``; ``float16`` generates as the authors did (``--fp16``) while
+    training stays in ``model.dtype`` and ``train.precision``. A 4-bit model (QLoRA, ``distill.quantized``)
+    keeps its own compute dtype."""
     cuda_graphs: bool = False
     """The continuous engine replays its decode step as CUDA graphs (one per row-count bucket, captured
     when first needed) when the model is on a GPU; distillation and evaluation. Off by default: this
@@ -257,6 +262,12 @@ class TrainConfig:
     """Fraction of steps with linear warmup."""
     lr_scheduler: Literal["cosine", "constant", "linear"] = "cosine"
     """Learning-rate schedule after warmup."""
+    loss_average: Literal["tokens", "micro_batches"] = "tokens"
+    """How a step's loss is averaged: ``tokens``, the mean over every response token of the global batch
+    (the same update at any micro-batch size, accumulation or world size); ``micro_batches``, each
+    micro-batch's token mean, averaged over the step's micro-batches on every rank, as HF Trainer before
+    transformers 4.46 (the paper's runs): a micro-batch's tokens then weigh more when it has fewer. SFT
+    only, and without packing (a packed micro-batch holds other examples than HF's)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -414,6 +425,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+
+    @property
+    def generation_dtype(self) -> str:
+        """The dtype distillation and evaluation load their models in (``generation.dtype``)."""
+        return self.model.dtype if self.generation.dtype == "model" else self.generation.dtype
 
     def prompt_inputs(self, *templates: str) -> dict:
         """``{"prompt": ...}`` when one of ``templates`` is a text template (its token ids depend on

@@ -74,6 +74,9 @@ def _validate_on_policy(cfg: RunConfig) -> None:
     if o.divergence == "jsd" and not 0.0 < o.jsd_beta < 1.0:
         raise ConfigError(f"train.on_policy.jsd_beta={o.jsd_beta}: expected a mixing weight strictly between 0 "
                           "and 1 (0 and 1 are divergence=forward_kl and reverse_kl)")
+    if cfg.train.objective == "on_policy" and cfg.train.loss_average != "tokens":
+        raise ConfigError("train.loss_average=micro_batches is for train.objective=sft (HF Trainer's averaging); "
+                          "on-policy training averages over the step's scored tokens")
     if cfg.train.objective == "on_policy" and o.sampling.max_new_tokens >= cfg.train.cutoff_len:
         raise ConfigError(f"train.on_policy.sampling.max_new_tokens={o.sampling.max_new_tokens} leaves no room for a "
                           f"prompt within train.cutoff_len={cfg.train.cutoff_len}")

@@ -61,9 +61,9 @@ def _generation_config(cfg: RunConfig, engine: str) -> dict:
     """What the rewrites depend on, written to ``generation_config.json`` before the first batch."""
     q = cfg.quantization
     precision = (f"4-bit {q.quant_type} (double quant {q.double_quant}, compute {q.compute_dtype})"
-                 if cfg.distill.quantized else cfg.model.dtype)
+                 if cfg.distill.quantized else cfg.generation_dtype)
     d = cfg.distill
-    return {"model": cfg.model.path, "dtype": cfg.model.dtype, "precision": precision, "template": d.template,
+    return {"model": cfg.model.path, "dtype": cfg.generation_dtype, "precision": precision, "template": d.template,
             "cutoff_len": d.cutoff_len, **generation_record(d.sampling, d.batch_size, d.seed, engine),
             **({"prompt_layout": cfg.prompt.layout, "overlength": d.overlength} if d.template != "chat" else
                {"overlength": d.overlength})}

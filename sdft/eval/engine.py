@@ -38,7 +38,7 @@ def evaluate(ctx: RunContext, files: EvalFiles, runs: dict[str, RunLayout]) -> t
     ``files``; returns ``{model: result}`` (the seed first, as ``seed``) and the evaluators."""
     cfg, device = ctx.cfg, ctx.device
     seed_model = load_seed(cfg, device)
-    models = {"seed": ModelSpec(lambda: seed_model, {"path": cfg.model.path, "dtype": cfg.model.dtype})}
+    models = {"seed": ModelSpec(lambda: seed_model, {"path": cfg.model.path, "dtype": cfg.generation_dtype})}
     models.update({name: tuned_spec(cfg, layout, device) for name, layout in runs.items()})
     return evaluate_models(cfg, ctx.tok, device, seed_model, models, files)
 
@@ -47,6 +47,8 @@ def tuned_spec(cfg: RunConfig, layout: RunLayout, device: torch.device) -> "Mode
     """The model trained in ``layout``, identified by its training stage's record."""
     record = layout.record("train")
     identity = json.loads(record.read_text())["inputs"] if record.exists() else {"path": str(layout.root)}
+    if cfg.generation.dtype != "model":  # evaluated in another dtype than it was trained in
+        identity = {**identity, "eval_dtype": cfg.generation.dtype}
     return ModelSpec(lambda: load_tuned(cfg, layout.final, device), identity)
 
 

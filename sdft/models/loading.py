@@ -13,7 +13,7 @@ from sdft.models.builtin import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """Config dtype names (``model.dtype``, ``quantization.compute_dtype``, ``export.dtype``) -> torch."""
 
 

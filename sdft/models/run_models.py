@@ -15,29 +15,29 @@ from sdft.models.loading import hidden_size, load_model
 from sdft.models.quantized import load_4bit
 
 
-def load_seed(cfg: RunConfig, device: torch.device):
-    """The seed in ``model.dtype``."""
-    return load_model(cfg.model.path, cfg.model.dtype, device)
+def load_seed(cfg: RunConfig, device: torch.device, dtype: str | None = None):
+    """The seed in ``dtype`` (default: ``generation.dtype``, the dtype distillation and evaluation use)."""
+    return load_model(cfg.model.path, dtype or cfg.generation_dtype, device)
 
 
 def load_distill_seed(cfg: RunConfig, device: torch.device):
     """The seed that writes the rewrites: partitioned over ranks with ``distill.mode=zero3`` on several
-    ranks, 4-bit with ``distill.quantized``, else in ``model.dtype``."""
+    ranks, 4-bit with ``distill.quantized``, else in ``generation.dtype``."""
     if cfg.distill.mode == "zero3" and runtime.is_distributed():
         return load_seed_zero3(cfg, device)
     return load_4bit(cfg, device) if cfg.distill.quantized else load_seed(cfg, device)
 
 
 def load_tuned(cfg: RunConfig, final: Path, device: torch.device):
-    """The trained model in ``final`` (a run's ``train/final``): base + adapter (LoRA; a 4-bit base
-    after QLoRA, evaluated as it was trained) or the full model."""
+    """The trained model in ``final`` (a run's ``train/final``), in ``generation.dtype``: base + adapter
+    (LoRA; a 4-bit base after QLoRA, evaluated as it was trained) or the full model."""
     if not final.is_dir():
         raise StageError(f"{final}: no finished training output; run `sdft train` first")
     if cfg.train.method == "qlora":
         return load_4bit(cfg, device, adapter=final)
     if is_adapter(final):
-        return load_model(cfg.model.path, cfg.model.dtype, device, adapter=final)
-    return load_model(str(final), cfg.model.dtype, device)
+        return load_model(cfg.model.path, cfg.generation_dtype, device, adapter=final)
+    return load_model(str(final), cfg.generation_dtype, device)
 
 
 def is_adapter(folder: Path) -> bool:
@@ -61,7 +61,7 @@ def load_seed_zero3(cfg: RunConfig, device: torch.device):
         raise ConfigError(f"distill.deepspeed={cfg.distill.deepspeed!r} is ZeRO-{zero_stage(ds)}; "
                           "distill.mode=zero3 needs a stage-3 config (e.g. zero3)")
     keep_alive = zero3_loading(ds)  # noqa: F841 - from_pretrained loads into partitions while it lives
-    model = load_model(cfg.model.path, cfg.model.dtype, device)
+    model = load_model(cfg.model.path, cfg.generation_dtype, device)
     if not cfg.distill.zero3_gather:
         engine, *_ = deepspeed.initialize(model=model, config=ds)
         model.__dict__["_sdft_engine"] = engine  # keep it (and its hooks) alive; not a submodule: that would be a cycle

@@ -41,8 +41,10 @@ class Backend(Protocol):
         """The summed loss of one micro-batch (scalar)."""
 
     def backward(self, loss_sum: torch.Tensor, n_tokens: int) -> None:
-        """Accumulate the gradient of ``loss_sum / n_tokens``, ``n_tokens`` counted over the whole step on
-        every rank, so the step's update is the mean over its tokens at any world size."""
+        """Accumulate the gradient of ``loss_sum / n_tokens`` summed over every rank: ``n_tokens`` is the
+        step's response tokens on all ranks (the step's update is the mean over its tokens at any world
+        size), or, with ``train.loss_average=micro_batches``, this micro-batch's tokens times the step's
+        micro-batches on all ranks (HF Trainer's average of micro-batch means)."""
 
     def step(self) -> float:
         """Clip, step the optimizer and the schedule, zero the gradients; returns the gradient norm."""

@@ -201,7 +201,11 @@ class SFTObjective:
         t = self.t
         module = build_loss_module(model, t.fused_loss)
         self.fused = module.fused
-        self.packing = resolve_switch("train.packing", t.packing, packing_blocker(model) if t.packing != "off" else None)
+        blocker = None
+        if t.packing != "off":
+            blocker = ("train.loss_average=micro_batches averages HF-style micro-batches of train.micro_batch_size "
+                       "examples" if t.loss_average == "micro_batches" else packing_blocker(model))
+        self.packing = resolve_switch("train.packing", t.packing, blocker)
         return module
 
     def step_batches(self, batch_ids: list[int], step: int = 0, backend=None) -> StepBatches:

@@ -150,9 +150,13 @@ class TrainRecipe:
         work = self.objective.step_batches(batch_ids, step, self.backend)
         self.slots += work.slots
         loss_sum_local = 0.0
+        per_micro = self.t.loss_average == "micro_batches"
         for micro in self.backend.micro_batches(work.micro, self.objective.stand_in):
             loss_sum = self.backend.forward({k: v.to(self.device) for k, v in micro.items()})
-            self.backend.backward(loss_sum, work.n_tokens)
+            # micro_batches: this micro-batch's token mean, over the step's grad_accum x world micro-batches
+            denominator = (max(int((micro["labels"][:, 1:] != -100).sum()), 1) * self.t.grad_accum * self.world
+                           if per_micro else work.n_tokens)
+            self.backend.backward(loss_sum, denominator)
             loss_sum_local += loss_sum.item()
         lr = self.backend.lr()
         grad_norm = self.backend.step()

@@ -39,49 +39,41 @@ def _openfunctions(root: Path) -> dict[str, str]:
             "data.test": f"hub:json?data_files={root}/openfunction/openfunction_test.json&split=train"}
 
 
+def _authors_file(root: Path, name: str, rows: list[dict]) -> dict[str, str]:
+    """A JSON array laid out like the authors' data/<name>/<name>_train.json, read by the json builder."""
+    write_hub_repo(root / name, {f"{name}_train.json": rows})
+    return {"data.train": f"hub:json?data_files={root}/{name}/{name}_train.json&split=train"}
+
+
 def _magicoder(root: Path) -> dict[str, str]:
-    rows = [{"lang": "python", "raw_index": i, "index": i, "seed": "def f(): pass", "openai_fingerprint": "fp",
-             "problem": f"Write a function that returns {i}.",
-             "solution": f"Here is the function:\n```python\ndef f():\n    return {i}\n```"} for i in range(6)]
-    repo = write_hub_repo(root / "magicoder", {"data-oss_instruct-decontaminated.jsonl": rows})
-    return {"data.train": hub(repo, split="train")}
+    rows = [{"instruction": f"Write a function that returns {i}.",
+             "output": f"Here is the function:\n```python\ndef f():\n    return {i}\n```"} for i in range(6)]
+    return _authors_file(root, "magicoder", rows)
 
 
 def _alpaca(root: Path) -> dict[str, str]:
     rows = [{"instruction": f"Give {i} synonyms for happy.", "input": "" if i % 2 else "Be brief.",
-             "output": "glad, cheerful", "text": "..."} for i in range(6)]
-    repo = write_hub_repo(root / "alpaca", {"data/train-00000-of-00001-a09b74b3ef9c3b56.parquet": rows})
-    return {"data.train": hub(repo, split="train")}
+             "output": "glad, cheerful"} for i in range(6)]
+    return _authors_file(root, "alpaca", rows)
 
 
 def _dolly(root: Path) -> dict[str, str]:
-    rows = [{"instruction": f"Summarise fact {i}.", "context": "" if i % 2 else "Water boils at 100 C.",
-             "response": "Water boils at 100 C at sea level.", "category": "summarization"} for i in range(6)]
-    repo = write_hub_repo(root / "dolly", {"databricks-dolly-15k.jsonl": rows})
-    return {"data.train": hub(repo, split="train")}
+    rows = [{"instruction": f"Summarise fact {i}.", "input": "" if i % 2 else "Water boils at 100 C.",
+             "output": "Water boils at 100 C at sea level."} for i in range(6)]
+    return _authors_file(root, "dolly", rows)
 
 
 def _lima(root: Path) -> dict[str, str]:
-    rows = [{"conversations": [f"Tell me about topic {i}.", f"Topic {i} is interesting."], "source": "stackexchange"}
-            for i in range(5)]
-    rows.append({"conversations": ["Hi there.", "Hello! How can I help?", "Name a color.", "Blue."], "source": "multi_turn"})
-    write_hub_repo(root / "lima", {"train.jsonl": rows})
-    return {"data.train": f"hub:json?data_files={root}/lima/train.jsonl&split=train"}
+    rows = [{"instruction": f"Tell me about topic {i}.", "input": "", "output": f"Topic {i} is interesting.",
+             "history": []} for i in range(5)]
+    rows.append({"instruction": "Name a color.", "input": "", "output": "Blue.",
+                 "history": [["Hi there.", "Hello! How can I help?"]]})
+    return _authors_file(root, "lima", rows)
 
 
 def _openhermes(root: Path) -> dict[str, str]:
-    def turn(who, text):
-        return {"from": who, "value": text, "weight": None}
-
-    rows = [{"conversations": [turn("human", f"What is {i} times 2?"), turn("gpt", f"{2 * i}.")], "source": "glaive",
-             "category": None, "id": None, "system_prompt": None} for i in range(4)]
-    rows.append({"conversations": [turn("system", "You are a helpful assistant."), turn("human", "Hi."),
-                                   turn("gpt", "Hello!"), turn("human", "Name a fruit."), turn("gpt", "Apple.")],
-                 "source": "airoboros2.2", "category": "general", "id": "oh-1", "system_prompt": ""})
-    rows.append({"conversations": [turn("human", "Say yes."), turn("gpt", "")], "source": "x", "category": None,
-                 "id": "oh-empty", "system_prompt": None})  # an empty answer: skipped (data.on_error: skip)
-    repo = write_hub_repo(root / "openhermes", {"openhermes2_5.json": rows})
-    return {"data.train": hub(repo, split="train")}
+    rows = [{"instruction": f"What is {i} times 2?", "input": "", "output": f"{2 * i}."} for i in range(6)]
+    return _authors_file(root, "openhermes", rows)
 
 
 def _advbench(root: Path) -> str:
@@ -100,6 +92,9 @@ DATA = {"gsm8k": _gsm8k, "openfunctions": _openfunctions, "openfunctions_llama3"
         "magicoder": _magicoder, "alpaca": _alpaca, "dolly": _dolly, "lima": _lima, "openhermes": _openhermes}
 
 
+AUTHORS_COMMIT = "https://raw.githubusercontent.com/sail-sg/sdft/bfb6c255fccdce7459235c20f19a3b9817a9cd5d/data/"
+
+
 def test_every_recipe_is_covered_and_validates_as_shipped():
     assert set(RECIPES) == set(DATA)
     for name in RECIPES:
@@ -110,6 +105,19 @@ def test_every_recipe_is_covered_and_validates_as_shipped():
         assert cfg.train.lora_r == 8 and cfg.train.lora_targets == ["q_proj", "v_proj"] and cfg.train.lr == 1e-4
         assert cfg.train.micro_batch_size * cfg.train.grad_accum == 8  # the paper's batch on one GPU
         assert cfg.eval.safety_prompts == "hub:walledai/AdvBench?split=train"
+        # The authors' inputs: their token layout, generation in fp16, HF Trainer's loss averaging, cutting
+        # over-long examples, their gates.
+        llama3 = name == "openfunctions_llama3"
+        assert cfg.prompt.layout == ("paper_llama3" if llama3 else "paper"), name
+        assert cfg.train.lora_dropout == (0.0 if llama3 else 0.1), name
+        assert cfg.generation.dtype == "float16" and cfg.train.loss_average == "micro_batches", name
+        assert cfg.train.overlength == cfg.distill.overlength == "truncate" and cfg.train.cutoff_len == 1024
+        assert "ban_list" in cfg.filter.gates and "ban_list_strict" not in cfg.filter.gates
+        if name in ("alpaca", "dolly", "magicoder", "openhermes", "lima"):  # the authors' own subsets
+            assert cfg.data.train == f"hub:json?data_files={AUTHORS_COMMIT}{name}/{name}_train.json&split=train"
+            assert not cfg.data.limit
+    lima = load_config(PAPER / "lima.yaml")
+    assert (lima.distill.turns, lima.train.loss_turns) == ("last", "all")
 
 
 @pytest.mark.slow
@@ -130,7 +138,7 @@ def test_recipe_runs_end_to_end_on_the_tiny_model(name, tmp_path, tiny_model_dir
                   "eval.retention_max_new_tokens=8", timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "filter" / "train.jsonl").read_text().splitlines()]
-    assert len(rows) == (5 if name == "openhermes" else 6) and (out / "export" / "model").exists()
+    assert len(rows) == 6 and (out / "export" / "model").exists()
     metrics = json.loads((out / "eval" / "eval.json").read_text())
     tuned = metrics["tuned"] if "tuned" in metrics else metrics
     if "task" in evaluators:
@@ -138,9 +146,6 @@ def test_recipe_runs_end_to_end_on_the_tiny_model(name, tmp_path, tiny_model_dir
     if name == "gsm8k":  # the paper's preprocessing reached the training data
         assert all(r["original"].endswith(f"The answer is {r['original'].split()[-1]}") for r in rows)
         assert not any("<<" in r["original"] or "####" in r["original"] for r in rows)
-    if name == "lima":  # the multi-turn conversation: two turns rewritten and gated on their own
+    if name == "lima":  # the multi-turn conversation: its last answer rewritten and gated, the first kept
         multi = next(r for r in rows if r.get("history"))
-        assert [t["turn"] for t in multi["turns"]] == [0, 1] and multi["history"][0][0] == "Hi there."
-    if name == "openhermes":
-        assert "skipped 1 bad record" in res.stderr
-        assert json.loads((out / "distill" / "COMPLETE.json").read_text())["summary"]["skipped_records"] == 1
+        assert [t["turn"] for t in multi["turns"]] == [1] and multi["history"] == [["Hi there.", "Hello! How can I help?"]]

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from sdft.config import load_config
 from sdft.context import RunContext
-from sdft.errors import StageError
+from sdft.errors import ConfigError, StageError
 from sdft.layout import RunLayout
 from sdft.pipeline import Pipeline
 from sdft.train.recipe import TrainRecipe, train
@@ -76,6 +76,30 @@ def test_loss_is_normalised_over_the_whole_optimizer_step(tiny_config, packing):
     assert g1.keys() == g2.keys() and any(g.abs().max() > 0 for g in g1.values())
     for k in g1:
         assert_close_scaled(g1[k], g2[k], msg=k, sides=2)
+
+
+def test_micro_batch_averaging_is_hf_trainers(tiny_config):
+    """train.loss_average=micro_batches, micro-batch 1 x accum 4: the step's gradient is the mean of the
+    four examples' own token-mean gradients (HF Trainer: each micro-batch's mean loss / accumulation
+    steps), where the default weighs every token alike; packing is refused with it."""
+    cfg, ctx, rows, out, _ = _filtered(tiny_config, n_train=4, train={
+        "max_steps": 1, "save_every": 0, "lora_dropout": 0.0, "micro_batch_size": 1, "grad_accum": 4,
+        "lora_targets": ["all-linear"], "loss_average": "micro_batches"})
+    _, per_micro = first_step(cfg, rows, RunLayout(out / "micro"), ctx.tok)
+    cfg.train.grad_accum, cfg.train.loss_average = 1, "tokens"
+    alone = [first_step(cfg, [row], RunLayout(out / f"alone-{i}"), ctx.tok)[1] for i, row in enumerate(rows)]
+    cfg.train.grad_accum = 4
+    _, per_token = first_step(cfg, rows, RunLayout(out / "tokens"), ctx.tok)
+    assert len({len(r["response"]) for r in rows}) > 1  # answers of different lengths: the two averages differ
+    differs = False
+    for k in per_micro:
+        want = sum(g[k] for g in alone) / len(alone)
+        assert_close_scaled(per_micro[k], want, msg=k, sides=2)
+        differs |= (per_token[k] - want).abs().max().item() > 1e-3 * want.abs().max().item()
+    assert differs
+    cfg.train.loss_average, cfg.train.packing = "micro_batches", "on"
+    with pytest.raises(ConfigError, match="train.packing=on: train.loss_average=micro_batches"):
+        first_step(cfg, rows, RunLayout(out / "packed"), ctx.tok)
 
 
 def test_fused_and_packed_training_follows_the_plain_padded_run(tiny_config):
