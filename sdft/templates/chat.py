@@ -11,6 +11,8 @@ with too.
 
 from __future__ import annotations
 
+import weakref
+
 from sdft.errors import ConfigError, DataError
 
 Pair = tuple[list[int], list[int]]
@@ -45,11 +47,21 @@ def render(tok, msgs: list[dict], generation_prompt: bool) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+_OPENINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (its template, opening)
+
+
 def _turn_opening(tok) -> list[int]:
     """The tokens every turn opens with, before its role (``<|start_header_id|>``, ``<|im_start|>``,
     ``<start_of_turn>``): what a user turn and an assistant turn rendered alone share after BOS. Empty
     when the template refuses a conversation that opens with an assistant turn (it then has no header
-    to append either)."""
+    to append either). Worked out once per tokenizer and template."""
+    known = _OPENINGS.get(tok)
+    if known is None or known[0] != tok.chat_template:
+        known = _OPENINGS[tok] = (tok.chat_template, _find_opening(tok))
+    return known[1]
+
+
+def _find_opening(tok) -> list[int]:
     try:
         user = render(tok, [{"role": "user", "content": _PROBE}], False)
         assistant = render(tok, [{"role": "assistant", "content": _PROBE}], False)
