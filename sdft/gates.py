@@ -93,7 +93,7 @@ def math(rewrite: str, reference: str) -> GateResult:
     return GateResult(True)
 
 
-def _normalise_call(s: str) -> str:
+def normalise_call(s: str) -> str:
     """The paper's ``standardize_function_call``: whitespace runs to one space, ' to ", every ", " to ","."""
     return re.sub(r"\s+", " ", s.strip()).replace("'", '"').replace(", ", ",")
 
@@ -104,11 +104,11 @@ _CALL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\((.*)
 def function_call(rewrite: str, reference: str) -> GateResult:
     """Accept iff the reference call ``name(args)`` occurs, after normalisation, in the rewrite with a
     word boundary before the name (the paper's ``check_openfunction``)."""
-    m = _CALL.match(_normalise_call(reference))
+    m = _CALL.match(normalise_call(reference))
     if m is None:
         return GateResult(False, "reference is not of the form name(args)")
     name, params = m.groups()
-    if re.search(r"\b" + re.escape(name) + r"\(" + re.escape(params) + r"\)", _normalise_call(rewrite)) is None:
+    if re.search(r"\b" + re.escape(name) + r"\(" + re.escape(params) + r"\)", normalise_call(rewrite)) is None:
         return GateResult(False, "reference call not found")
     return GateResult(True)
 

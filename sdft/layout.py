@@ -6,7 +6,8 @@
     <output_dir>/filter/train.jsonl, stats.json
     <output_dir>/train/final/ (+ training_summary.json), checkpoints/step-<N>/, tensorboard/,
                       train_log.jsonl, ds_config.json
-    <output_dir>/eval/eval.json, outputs/, results/, seed_responses.jsonl
+    <output_dir>/eval/eval.json, outputs/ (+ <benchmark>_<model>.alpaca_eval.json), results/,
+                      seed_responses.jsonl
     <output_dir>/export/model/, adapter/
     <output_dir>/vanilla/...                                   sdft compare's vanilla arm: a run layout of its own
     <output_dir>/compare/report.md, report.json, plots/, outputs/, results/, seed_responses.jsonl
@@ -35,6 +36,11 @@ class EvalFiles:
         """Per-example outputs of one evaluator on one model; ``seed`` is None for greedy decoding."""
         suffix = "" if seed is None else f"_seed{seed}"
         return self.root / "outputs" / f"{evaluator}_{model}{suffix}.jsonl"
+
+    def alpaca_eval_outputs(self, evaluator: str, model: str, seed: int | None) -> Path:
+        """One model's answers to an AlpacaEval-style benchmark, in AlpacaEval's own format (a JSON list
+        of ``{instruction, output, generator}``), for the ``alpaca-eval`` package to judge."""
+        return self.output(evaluator, model, seed).with_suffix(".alpaca_eval.json")
 
     def results(self, model: str) -> Path:
         """One model's cached evaluator results."""

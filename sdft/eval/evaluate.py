@@ -16,7 +16,9 @@ from sdft.config.validate import require_files
 from sdft.context import RunContext
 from sdft.data.examples import load_examples
 from sdft.data.tokenize import check_renders
-from sdft.errors import ConfigError
+from sdft.errors import ConfigError, DataError
+from sdft.eval.benchmarks import benchmark_evaluators
+from sdft.eval.evaluators.benchmark import BenchmarkEvaluator
 from sdft.eval.sandbox import isolation
 from sdft.eval.engine import describe, eval_settings, evaluate
 from sdft.utils.io import atomic_write_json
@@ -31,9 +33,10 @@ def eval_preflight(ctx: RunContext) -> None:
     cfg = ctx.cfg
     require_files(eval_input_files(cfg), "the evaluation")
     _check_held_out_data(ctx)
-    if "humaneval" in cfg.eval.evaluators and not cfg.eval.humaneval_unisolated and isolation() != "bubblewrap":
-        raise ConfigError("eval.evaluators has humaneval, but bubblewrap (bwrap) cannot run here to isolate the "
-                          "generated programs: install it (Debian: apt-get install bubblewrap), or set "
+    humaneval = "humaneval" in cfg.eval.evaluators or "humaneval" in cfg.eval.benchmarks
+    if humaneval and not cfg.eval.humaneval_unisolated and isolation() != "bubblewrap":
+        raise ConfigError("eval.evaluators or eval.benchmarks has humaneval, but bubblewrap (bwrap) cannot run here "
+                          "to isolate the generated programs: install it (Debian: apt-get install bubblewrap), or set "
                           "eval.humaneval_unisolated=true to run them under an audit hook alone (a hostile "
                           "program could then write wherever this user can)")
 
@@ -47,6 +50,12 @@ def _check_held_out_data(ctx: RunContext) -> None:
     if cfg.data.general_prompts and "retention" in on:
         prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
         check_renders(prompts, ["chat"], lambda: ctx.tok, needs_template=False)
+    for ev in benchmark_evaluators(cfg):  # every benchmark's records, read as it reads them
+        if isinstance(ev, BenchmarkEvaluator):
+            try:
+                ev.load(cfg)
+            except DataError as e:
+                raise DataError(f"eval.benchmarks: {ev.name}: {e}") from None
 
 
 def eval_input_files(cfg: RunConfig) -> list[tuple[str, str]]:

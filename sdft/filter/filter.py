@@ -20,18 +20,43 @@ import logging
 from collections import Counter
 
 from sdft.context import RunContext
+from sdft.data.scoring import retention_metrics
+from sdft.data.tokenize import tokenize_rows
 from sdft.data.examples import Example, RewriteUnit, record_key, rewrite_units
 from sdft.errors import StageError
 from sdft.gates import resolve_gate, run_gate
+from sdft.models.run_models import load_seed
 from sdft.utils.io import atomic_write_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
 
 def run_filter(ctx: RunContext) -> dict:
-    """The filter stage (rank 0): gate every rewrite of the distill stage."""
+    """The filter stage (rank 0): gate every rewrite of the distill stage; with ``filter.measure_gap``, also
+    the seed's NLL of the training answers before and after."""
     rewrites = {record_key(r): r for r in read_jsonl(ctx.layout.rewrites)}
-    return _write(ctx, *filter_rewrites(ctx.train_examples()[0], rewrites, ctx.cfg.filter.gates, ctx.cfg.distill.turns))
+    examples = ctx.train_examples()[0]
+    rows, stats = filter_rewrites(examples, rewrites, ctx.cfg.filter.gates, ctx.cfg.distill.turns)
+    if ctx.cfg.filter.measure_gap:
+        stats["gap"] = distribution_gap(ctx, [ex.to_dict() for ex in examples], rows)
+        log.info("filter: the seed's NLL of the training answers: %.4f original -> %.4f after the filter",
+                 stats["gap"]["original_nll"], stats["gap"]["filtered_nll"])
+    return _write(ctx, rows, stats)
+
+
+def distribution_gap(ctx: RunContext, original: list[dict], filtered: list[dict]) -> dict:
+    """The gap SDFT closes: the seed's mean NLL per answer token of the original training answers and of
+    those after the filter, each tokenized as training tokenizes it (``train.template``, its cutoff and
+    loss turns), with the standard error over examples."""
+    cfg, t = ctx.cfg, ctx.cfg.train
+    model = load_seed(cfg, ctx.device, cfg.model.dtype)
+    out = {}
+    for name, rows in (("original", original), ("filtered", filtered)):
+        data = tokenize_rows(rows, ctx.tok, t.template, t.cutoff_len, "skip" if t.overlength == "error" else t.overlength,
+                             t.loss_turns, cfg.prompt.layout)
+        r = retention_metrics(model, model, data, ctx.tok.pad_token_id, cfg.eval.batch_size)
+        out.update({f"{name}_nll": r["nll"], f"{name}_nll_se": r["nll_se"], f"{name}_tokens": r["tokens"]})
+    return out
 
 
 def keep_originals(ctx: RunContext) -> dict:

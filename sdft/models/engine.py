@@ -106,10 +106,13 @@ class SlotCache:
 class ContinuousEngine:
     """Generates for many prompts with ``slots`` rows in flight (see the module docstring)."""
 
-    def __init__(self, model, tok, slots: int, sampling: SamplingConfig, seed: int, decode: str = "dynamic"):
+    def __init__(self, model, tok, slots: int, sampling: SamplingConfig, seed: int, decode: str = "dynamic",
+                 stop=None):
         if decode not in ("dynamic", "static", "graphs"):
             raise ValueError(f"decode must be dynamic, static or graphs, not {decode!r}")
         self.model, self.tok, self.sampling, self.seed, self.decode = model, tok, sampling, seed, decode
+        self.stop = stop
+        """``stop(id, new_ids) -> bool``: also ends a row (after its newest token) when it says so."""
         self.slots = max(1, slots)
         eos = model.generation_config.eos_token_id or tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -228,7 +231,8 @@ class ContinuousEngine:
         done = {}
         for r, t in zip(slots, tokens):
             rows.new[r].append(t)
-            if t in self.eos or len(rows.new[r]) >= self.sampling.max_new_tokens:
+            if (t in self.eos or len(rows.new[r]) >= self.sampling.max_new_tokens
+                    or (self.stop is not None and self.stop(rows.owner[r], rows.new[r]))):
                 done[rows.owner[r]] = rows.new[r]
                 rows.owner[r] = None
         return done

@@ -39,12 +39,24 @@ def choose_engine(mode: str, model, prompts: dict[str, list[int]], sampling: Sam
 
 
 def continuous_engine(model, tok, batch_size: int, sampling: SamplingConfig, seed: int,
-                      cuda_graphs: bool = False) -> ContinuousEngine:
+                      cuda_graphs: bool = False, stop=None) -> ContinuousEngine:
     """The engine for ``model``, its decode step as CUDA graphs when asked for and the model is on a GPU."""
     on_gpu = next(model.parameters()).device.type == "cuda"
     if cuda_graphs and not on_gpu:
         log.info("generation.cuda_graphs: the model is not on a CUDA device; decoding without graphs")
-    return ContinuousEngine(model, tok, batch_size, sampling, seed, decode="graphs" if cuda_graphs and on_gpu else "dynamic")
+    return ContinuousEngine(model, tok, batch_size, sampling, seed, decode="graphs" if cuda_graphs and on_gpu else "dynamic",
+                            stop=stop)
+
+
+class _StopRows:
+    """HF ``generate``'s stopping criterion for ``stop(id, new_ids)``: a bool per row of the batch."""
+
+    def __init__(self, stop, ids: list[str], start: int):
+        self.stop, self.ids, self.start = stop, ids, start
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        rows = input_ids[:, self.start:].tolist()
+        return torch.tensor([self.stop(i, row) for i, row in zip(self.ids, rows)], device=input_ids.device)
 
 
 def generate_kwargs(sampling: SamplingConfig) -> dict:
@@ -75,13 +87,19 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def _generate(model, tok, seqs: list[list[int]], sampling: SamplingConfig, synced_gpus: bool = False) -> tuple[torch.Tensor, list]:
+def _generate(model, tok, seqs: list[list[int]], sampling: SamplingConfig, synced_gpus: bool = False,
+              stop=None, keys: list[str] | None = None) -> tuple[torch.Tensor, list]:
     """HF ``generate`` on one left-padded batch: ([B, new] new token ids, padded after a row's end; the
-    end-of-sequence ids)."""
+    end-of-sequence ids). ``stop(key, new_ids)`` also ends a row (``keys``: the rows' ids)."""
     ids, mask = left_pad(seqs, tok.pad_token_id, next(model.parameters()).device)
     eos = model.generation_config.eos_token_id or tok.eos_token_id
+    extra = {}
+    if stop is not None:
+        from transformers import StoppingCriteriaList
+
+        extra["stopping_criteria"] = StoppingCriteriaList([_StopRows(stop, keys, ids.shape[1])])
     out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-                         synced_gpus=synced_gpus, **generate_kwargs(sampling))
+                         synced_gpus=synced_gpus, **generate_kwargs(sampling), **extra)
     return out[:, ids.shape[1]:], eos if isinstance(eos, (list, tuple)) else [eos]
 
 
@@ -108,27 +126,27 @@ def sample_token_ids(model, tok, prompts: dict[str, list[int]], sampling: Sampli
     for index, batch in enumerate(plan_batches(prompts, batch_size)):
         torch.manual_seed(seed + index)
         new, eos = _generate(model, tok, [prompts[i] for i in batch], sampling)
-        for i, row in zip(batch, new.tolist()):
-            end = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
-            out[i] = row[:end]
+        out.update({i: _until_eos(row, eos) for i, row in zip(batch, new.tolist())})
     return out
 
 
 def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
                      seed: int, engine: str = "hf", skip: set[str] | frozenset = frozenset(),
-                     desc: str = "generate", strip: bool = True, cuda_graphs: bool = False) -> Iterator[dict[str, str]]:
+                     desc: str = "generate", strip: bool = True, cuda_graphs: bool = False, stop=None,
+                     ids: bool = False) -> Iterator[dict]:
     """Yield ``{id: generated text}`` as texts are done, for every id in ``prompts`` not in ``skip``.
 
     ``prompts`` maps id -> prompt token ids. Text is the decoded new tokens only (no prompt, no
-    special tokens), stripped of surrounding whitespace unless ``strip`` is false. ``engine``: a
-    resolved ``choose_engine`` value. With ``continuous`` an example's text depends on (seed, id);
+    special tokens), stripped of surrounding whitespace unless ``strip`` is false; ``ids=True`` yields
+    the new token ids instead (with the end-of-sequence token that ended a row, if one did). ``engine``:
+    a resolved ``choose_engine`` value. With ``continuous`` an example's text depends on (seed, id);
     with ``hf`` batch ``i`` of the plan is sampled with seed ``seed + i``. ``cuda_graphs``: see
-    ``continuous_engine``.
+    ``continuous_engine``. ``stop(id, new_ids) -> bool`` ends a row early (a stop criterion on its text).
     """
     if engine == "continuous":
         todo = {i: p for i, p in prompts.items() if i not in skip}
-        runner = continuous_engine(model, tok, batch_size, sampling, seed, cuda_graphs)
-        yield from runner.run(todo, desc=desc, strip=strip)
+        runner = continuous_engine(model, tok, batch_size, sampling, seed, cuda_graphs, stop)
+        yield from runner.run_ids(todo, desc=desc) if ids else runner.run(todo, desc=desc, strip=strip)
         return
     batches = plan_batches(prompts, batch_size)
     todo = sum(1 for b in batches for i in b if i not in skip)
@@ -138,18 +156,27 @@ def generate_batches(model, tok, prompts: dict[str, list[int]], sampling: Sampli
         if not batch:
             continue
         torch.manual_seed(seed + index)
-        texts = generate_texts(model, tok, [prompts[i] for i in batch], sampling, strip=strip)
+        new, eos = _generate(model, tok, [prompts[i] for i in batch], sampling, stop=stop, keys=batch)
         bar.update(len(batch))
-        yield dict(zip(batch, texts))
+        if ids:
+            yield {i: _until_eos(row, eos) for i, row in zip(batch, new.tolist())}
+        else:
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            yield dict(zip(batch, [t.strip() for t in texts] if strip else texts))
     bar.close()
+
+
+def _until_eos(row: list[int], eos: list) -> list[int]:
+    """A row of new ids up to and with the end-of-sequence token that ended it (the padding after cut)."""
+    return row[:next((k + 1 for k, t in enumerate(row) if t in eos), len(row))]
 
 
 def generate_all(model, tok, prompts: dict[str, list[int]], sampling: SamplingConfig, *, batch_size: int,
                  seed: int, engine: str = "hf", desc: str = "generate", strip: bool = True,
-                 cuda_graphs: bool = False) -> dict[str, str]:
-    """``{id: generated text}`` for every prompt (``generate_batches`` run to the end)."""
-    out: dict[str, str] = {}
+                 cuda_graphs: bool = False, stop=None, ids: bool = False) -> dict:
+    """``{id: generated text}`` (or new token ids) for every prompt (``generate_batches`` run to the end)."""
+    out: dict = {}
     for batch in generate_batches(model, tok, prompts, sampling, batch_size=batch_size, seed=seed, engine=engine,
-                                  desc=desc, strip=strip, cuda_graphs=cuda_graphs):
+                                  desc=desc, strip=strip, cuda_graphs=cuda_graphs, stop=stop, ids=ids):
         out.update(batch)
     return out

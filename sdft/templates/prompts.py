@@ -74,6 +74,8 @@ class TextTemplate:
     """``joined`` layout: an earlier turn of a conversation (no reference shown)."""
     bos_after_block: bool = False
     """``paper_llama3`` layout: BOS between the system block and each turn (the authors' math templates)."""
+    bos_first: bool = False
+    """``paper_llama3`` layout: BOS before the system block (the authors' Llama-3 templates)."""
     llama3_sep: str = ""
     """``paper_llama3`` layout: what opens a later turn."""
 
@@ -86,6 +88,11 @@ def _math(name: str, system: str, turn: str, uses_reference: bool) -> TextTempla
     return TextTemplate(name, system, _MATH_BLOCK, "", turn, uses_reference, _MATH_TURN, bos_after_block=True)
 
 
+# The authors' llama3_gsm8k_infer (their Llama-3 scripts' math evaluation): Llama-3's own headers.
+_LLAMA3_BLOCK = "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+_LLAMA3_TURN = ("<|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
 TEXT_TEMPLATES = {
     # Distillation (show the reference answer).
     "using": _alpaca("using", USING_SYSTEM, _DISTILL_TURN, True),
@@ -95,11 +102,15 @@ TEXT_TEMPLATES = {
     "alpaca": _alpaca("alpaca", ALPACA_SYSTEM, _ALPACA_TURN, False),
     "math": _math("math", MATH_SYSTEM, _MATH_TURN, False),
     "math_infer": _math("math_infer", MATH_INFER_SYSTEM, _MATH_TURN, False),
+    "llama3_math_infer": TextTemplate("llama3_math_infer", MATH_INFER_SYSTEM, _LLAMA3_BLOCK, "", _LLAMA3_TURN, False,
+                                      _LLAMA3_TURN, bos_first=True),
 }
 # distill.template names -> template; "math" means the paper's gsm8k_distill when distilling.
 DISTILL_TEMPLATE_NAMES = {"using": "using", "refer": "refer", "math": "math_distill", "chat": "chat"}
 # train.template / eval.template names (text templates without the reference, and the chat route).
 TASK_TEMPLATE_NAMES = ("alpaca", "math", "math_infer", "chat")
+# A benchmark's prompt template (``eval.benchmark_defs``).
+BENCHMARK_TEMPLATES = (*TASK_TEMPLATE_NAMES, "llama3_math_infer")
 
 
 def truncation_rule(layout: str) -> str:
@@ -154,8 +165,8 @@ def _text_turns(tok, t: TextTemplate, layout: str, turns: list[tuple[str, str | 
                       else _encode(tok, t.sep) + bos) + _encode(tok, turn)
         elif layout == "paper_llama3":
             turn = t.turn.format(instruction=instruction, reference=reference or "")
-            source = ((_encode(tok, t.block.format(system=t.system)) if k == 0 else _encode(tok, t.llama3_sep))
-                      + (bos if t.bos_after_block else []) + _encode(tok, turn))
+            source = ((bos if t.bos_first else []) + _encode(tok, t.block.format(system=t.system)) if k == 0
+                      else _encode(tok, t.llama3_sep)) + (bos if t.bos_after_block else []) + _encode(tok, turn)
         else:
             last = k == len(turns) - 1
             turn = (t.turn if last else t.history_turn).format(instruction=instruction, reference=reference or "")

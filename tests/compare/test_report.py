@@ -85,3 +85,36 @@ def test_paired_outcomes_decide_with_an_exact_mcnemar_test():
     mixed = [True] * 14 + [False] * 10 + [True] * 5 + [False] * 31  # 10 discordant one way, 5 the other
     assert verdict(results, "acc", acc, {"vanilla": vanilla, "sdft": mixed}) == "within noise (McNemar p=0.3)"
     assert mcnemar_p([True, False], [True, False]) == 1.0
+
+
+class FakeBench(Evaluator):
+    name = "gsm8k"
+    metrics = {"gsm8k": Metric("gsm8k score", True, "gsm8k_total"), "gsm8k_total": Metric("items", None)}
+
+    def columns(self):
+        return [("gsm8k", "gsm8k")]
+
+
+class FakeAlpacaEval(Evaluator):
+    name = "alpaca_eval"
+    metrics = {"alpaca_eval": Metric("alpaca_eval win rate", True)}
+
+    def columns(self):
+        return [("alpaca_eval", "alpaca_eval")]
+
+
+def test_the_paper_table_sets_ours_beside_the_papers_numbers(tmp_path):
+    """Rows = models, columns = benchmarks, percent; the paper's number and the difference where it reports one;
+    AlpacaEval without a judge reads "not judged"."""
+    results = {name: {"metrics": {"gsm8k": acc, "gsm8k_total": 100}, "std": {}, "per_seed": {}}
+               for name, acc in (("seed", 0.30), ("vanilla", 0.25), ("sdft", 0.33))}
+    paper = {"seed": {"gsm8k": 29.4, "alpaca_eval": 66.04}, "sdft": {"gsm8k": 34.4}}
+    report = write_report(EvalFiles(tmp_path), results, [FakeBench(), FakeAlpacaEval()], {}, {}, None, paper)
+    table = report["paper_table"]
+    assert table["columns"] == ["gsm8k", "alpaca_eval"] and list(table["rows"]) == ["seed", "vanilla", "sdft"]
+    assert table["rows"]["sdft"]["gsm8k"] == {"ours": 33.0, "paper": 34.4, "diff": pytest.approx(-1.4)}
+    assert table["rows"]["vanilla"]["gsm8k"] == {"ours": 25.0, "paper": None, "diff": None}
+    md = (tmp_path / "report.md").read_text()
+    assert "## The paper's table" in md and "| model | gsm8k | alpaca_eval |" in md
+    assert "| seed | 30.00 (29.40, +0.60) | not judged (66.04, -) |" in md
+    assert "| sdft | 33.00 (34.40, -1.40) | not judged |" in md

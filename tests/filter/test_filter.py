@@ -4,6 +4,7 @@ from sdft.data.examples import Example
 from sdft.errors import StageError
 from sdft.filter.filter import filter_rewrites
 from tests.conftest import trained_spans
+from tests.numerics import assert_scalar_close
 
 EXS = [Example(id=f"e{i}", instruction=f"q{i}", response=f"The answer is {i}.") for i in range(5)]
 
@@ -73,3 +74,33 @@ def test_only_the_last_turn_is_rewritten_with_distill_turns_last():
     assert [t["turn"] for t in rows[0]["turns"]] == [2] and stats["total"] == 1
     with pytest.raises(StageError, match="distill.turns changed"):
         filter_rewrites([CONV], {"c#turn0": {"id": "c", "turn": 0, "rewrite": "0"}}, ["math"], turns="last")
+
+
+def test_the_gap_is_the_seeds_nll_of_the_answers_before_and_after(tiny_config):
+    """filter.measure_gap: the seed's mean NLL of the original training answers and of those after the
+    filter, as retention scoring computes it on the rows training will see."""
+    import json
+
+    import torch
+
+    from sdft.config import load_config
+    from sdft.context import RunContext
+    from sdft.data.scoring import retention_metrics
+    from sdft.data.tokenize import tokenize_rows
+    from sdft.models.loading import load_model
+    from sdft.pipeline import Pipeline
+
+    path, out = tiny_config(filter={"gates": ["ban_list", "math"], "measure_gap": True})
+    ctx = RunContext(load_config(path))
+    Pipeline(ctx).run(["distill", "filter"])
+    stats = json.loads((out / "filter" / "stats.json").read_text())
+    rows = [json.loads(x) for x in (out / "filter" / "train.jsonl").read_text().splitlines()]
+    seed = load_model(ctx.cfg.model.path, "float32", torch.device("cpu"))
+    originals = [{**r, "response": r["original"]} for r in rows]
+    for name, data in (("original", originals), ("filtered", rows)):
+        tokens = tokenize_rows(data, ctx.tok, "math", 512)
+        want = retention_metrics(seed, seed, tokens, ctx.tok.pad_token_id)
+        assert_scalar_close(stats["gap"][f"{name}_nll"], want["nll"], sides=2)  # batches may be padded otherwise
+        assert stats["gap"][f"{name}_tokens"] == want["tokens"]
+    kept = sum(r["kept"] for r in rows)
+    assert (stats["gap"]["original_nll"] == stats["gap"]["filtered_nll"]) == (kept == 0)

@@ -47,13 +47,15 @@ class EvalContext:
     seed_model: object = None
 
     def generate(self, model, prompts: dict[str, list[int]], seed: int, desc: str, strip: bool = True,
-                 **overrides) -> dict[str, str]:
+                 stop=None, ids: bool = False, **overrides) -> dict:
         """``{id: text}`` for every prompt, with the eval sampling settings (``overrides`` replace some,
-        e.g. an evaluator's own ``max_new_tokens``); ``seed`` seeds sampling (greedy ignores it)."""
+        e.g. an evaluator's own ``max_new_tokens``); ``seed`` seeds sampling (greedy ignores it).
+        ``stop(id, new_ids)`` ends a row early; ``ids=True`` returns the new token ids instead of text."""
         sampling = replace(self.cfg.eval.sampling, **overrides)
         engine = choose_engine(self.cfg.generation.engine, model, prompts, sampling)
         return generate_all(model, self.tok, prompts, sampling, batch_size=self.cfg.eval.batch_size, seed=seed,
-                            engine=engine, desc=desc, strip=strip, cuda_graphs=self.cfg.generation.cuda_graphs)
+                            engine=engine, desc=desc, strip=strip, cuda_graphs=self.cfg.generation.cuda_graphs,
+                            stop=stop, ids=ids)
 
     def prompt(self, template: str, instruction: str, **kw) -> list[int]:
         """A generation prompt through ``template`` with this run's ``prompt.layout`` (``kw``: system,
@@ -91,6 +93,14 @@ class Evaluator:
 
     def key(self, ctx: EvalContext) -> dict:
         return {}
+
+    def settings(self, cfg: RunConfig) -> dict:
+        """How a benchmark is run, for the reader of ``eval.json`` or a compare report."""
+        return {}
+
+    def columns(self) -> list[tuple[str, str]]:
+        """The paper table's columns this evaluator fills: ``(column, metric)``."""
+        return []
 
     def run(self, model, model_name: str, ctx: EvalContext, seed: int) -> dict[str, float]:
         raise NotImplementedError

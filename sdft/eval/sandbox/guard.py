@@ -9,7 +9,9 @@ at once (exit code 86, a ``SANDBOX-BLOCKED:`` line on stderr) when the program t
 write, create, delete or rename a file outside the sandbox folder; open a socket or resolve a host;
 start or signal a process; load native code through ctypes; or change the limits.
 The parent runs this inside bubblewrap's namespaces (see ``runner``): the hook is the second layer.
-Reading files is allowed (the program imports the standard library).
+Reading files is allowed (the program imports the standard library). NumPy, which the HumanEval
+harness's programs import, is imported before the hook (it loads ``_ctypes`` itself); the program's own
+use of ctypes stays blocked.
 """
 
 import os
@@ -77,11 +79,24 @@ def _install_hook(root: str) -> None:
     sys.addaudithook(hook)
 
 
+# Trusted modules imported before the hook, for programs that import them (numpy loads _ctypes).
+_PRELOAD = ("numpy",)
+
+
+def _preload() -> None:
+    for name in _PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+
+
 def main() -> None:
     program, root, cpu_seconds, memory_bytes = sys.argv[1], os.path.realpath(sys.argv[2]), sys.argv[3], sys.argv[4]
     with open(program, encoding="utf-8") as f:
         code = compile(f.read(), program, "exec")
     os.chdir(root)
+    _preload()
     _set_limits(int(cpu_seconds), int(memory_bytes))
     _install_hook(root)
     sys.argv = [program]
