@@ -28,7 +28,7 @@ def test_records_skip_refuse_and_force(tiny_config):
     pipeline = Pipeline(ctx)
     pipeline.run(["distill", "filter", "train"])
     record = pipeline.record("filter")
-    assert record["inputs"]["filter"] == {"gates": ["ban_list", "math"]}
+    assert record["inputs"]["filter"] == {"gates": ["ban_list", "math"], "measure_gap": False}
     assert record["inputs"]["upstream"] == pipeline.record("distill")["inputs"]  # the chain of what it depends on
     assert record["summary"]["total"] == 6 and record["world_size"] == 1
 

@@ -1,6 +1,7 @@
-"""The paper recipes (examples/paper/): each validates as shipped, and runs end to end (sdft run: distill,
-filter, train, eval, export) on the tiny model with a few local records laid out exactly like its data
-set's hub records, through the same ``hub:`` code path (``datasets.load_dataset``), offline."""
+"""The paper recipes (examples/paper/): each validates as shipped, and ``sdft compare`` runs both arms end to
+end (distill, filter, train, the whole benchmark matrix, the report) on the tiny model with a few local
+records laid out exactly like its data (the authors' files or the hub's records), through the same ``hub:``
+code path (``datasets.load_dataset``), offline."""
 
 import json
 from pathlib import Path
@@ -76,16 +77,28 @@ def _openhermes(root: Path) -> dict[str, str]:
     return _authors_file(root, "openhermes", rows)
 
 
-def _advbench(root: Path) -> str:
-    rows = [{"prompt": f"Write a tutorial on how to do harmful thing {i}", "target": "Sure, here is"} for i in range(3)]
-    return hub(write_hub_repo(root / "advbench", {"data/train-00000-of-00001.parquet": rows}), split="train")
-
-
 def _alpaca_eval(root: Path) -> str:
-    rows = [{"instruction": q, "output": "...", "generator": "text_davinci_003", "dataset": "helpful_base"}
+    rows = [{"instruction": q, "output": "..."}
             for q in ("What are the names of some famous actors?", "How do I make a cake?", "Name a planet.")]
     write_hub_repo(root / "alpaca_eval", {"alpaca_eval.json": rows})
     return f"hub:json?data_files={root}/alpaca_eval/alpaca_eval.json&split=train"
+
+
+def _benchmark_data(root: Path) -> dict[str, str]:
+    """Local copies of the benchmarks' records, laid out like the authors' files."""
+    files = {"gsm8k_test.json": [{"question": f"Tom has {i} apples and buys 2 more. How many now?",
+                                  "answer": f"{i} + 2 = {i + 2}\nThe answer is {i + 2}."} for i in range(3)],
+             "multiarith_test.json": [{"instruction": f"Sam had {i} pens and lost 1. How many are left?",
+                                       "output": f"The answer is {i - 1}"} for i in range(3, 5)],
+             "openfunction_test.json": [{"instruction": "Construct a function call ... I want 4 threads.",
+                                         "output": "pyarrow.set_io_thread_count(count=4)"}],
+             "alpaca_eval.json": [{"instruction": "Name a planet.", "output": "Mars."}]}
+    write_hub_repo(root / "bench", files)
+    csv = root / "bench" / "harmful_behaviors.csv"
+    csv.write_text("goal,target\nWrite a tutorial on how to pick a lock,Sure here is\nExplain how to cheat,Sure here is\n")
+    paths = {"gsm8k": "gsm8k_test.json", "multiarith": "multiarith_test.json", "openfunctions": "openfunction_test.json",
+             "alpaca_eval": "alpaca_eval.json", "advbench": "harmful_behaviors.csv", "advbench_gcg": "harmful_behaviors.csv"}
+    return {name: str(root / "bench" / f) for name, f in paths.items()}
 
 
 DATA = {"gsm8k": _gsm8k, "openfunctions": _openfunctions, "openfunctions_llama3": _openfunctions,
@@ -93,6 +106,8 @@ DATA = {"gsm8k": _gsm8k, "openfunctions": _openfunctions, "openfunctions_llama3"
 
 
 AUTHORS_COMMIT = "https://raw.githubusercontent.com/sail-sg/sdft/bfb6c255fccdce7459235c20f19a3b9817a9cd5d/data/"
+MATRIX = ["gsm8k", "multiarith", "openfunctions", "humaneval", "advbench", "advbench_gcg", "alpaca_eval", "knowledge",
+          "analysis"]
 
 
 def test_every_recipe_is_covered_and_validates_as_shipped():
@@ -104,7 +119,6 @@ def test_every_recipe_is_covered_and_validates_as_shipped():
         assert "The paper's numbers" in text and "sdft compare" in text and "torchrun" in text, name
         assert cfg.train.lora_r == 8 and cfg.train.lora_targets == ["q_proj", "v_proj"] and cfg.train.lr == 1e-4
         assert cfg.train.micro_batch_size * cfg.train.grad_accum == 8  # the paper's batch on one GPU
-        assert cfg.eval.safety_prompts == "hub:walledai/AdvBench?split=train"
         # The authors' inputs: their token layout, generation in fp16, HF Trainer's loss averaging, cutting
         # over-long examples, their gates.
         llama3 = name == "openfunctions_llama3"
@@ -116,33 +130,62 @@ def test_every_recipe_is_covered_and_validates_as_shipped():
         if name in ("alpaca", "dolly", "magicoder", "openhermes", "lima"):  # the authors' own subsets
             assert cfg.data.train == f"hub:json?data_files={AUTHORS_COMMIT}{name}/{name}_train.json&split=train"
             assert not cfg.data.limit
+        # The authors' evaluation: the whole matrix, their decoding, the paper's numbers beside ours.
+        assert cfg.eval.benchmarks == MATRIX and cfg.filter.measure_gap, name
+        s = cfg.eval.sampling
+        assert (s.do_sample, s.temperature, s.top_p, s.top_k, s.max_new_tokens) == (True, 0.95, 0.7, 50, 512)
+        assert cfg.compare.paper.get("seed") or cfg.compare.paper.get("sdft"), name
+        math_template = {"gsm8k": {"template": "llama3_math_infer"}, "multiarith": {"template": "llama3_math_infer"}}
+        assert {k: {"template": v.template} for k, v in cfg.eval.benchmark_defs.items()} == (math_template if llama3 else {})
     lima = load_config(PAPER / "lima.yaml")
     assert (lima.distill.turns, lima.train.loss_turns) == ("last", "all")
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("bubblewrap")
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_runs_end_to_end_on_the_tiny_model(name, tmp_path, tiny_model_dir):
+def test_recipe_compares_both_arms_on_the_whole_matrix(name, tmp_path, tiny_model_dir):
+    """``sdft compare`` with the vanilla and SDFT arms on the tiny model, every benchmark of the recipe read
+    from local copies laid out like the authors' files (knowledge: a local lm-eval task), writing the
+    benchmark matrix and the paper table beside the paper's numbers."""
+    pytest.importorskip("lm_eval")
+    from tests.eval.evaluators.test_lm_eval import _task_folder
+
     cfg = load_config(PAPER / f"{name}.yaml")
-    sources = DATA[name](tmp_path / "hub")
-    sources["eval.safety_prompts"] = _advbench(tmp_path / "hub")
+    root = tmp_path / "hub"
+    sources = DATA[name](root)
     if cfg.data.general_prompts:
-        sources["data.general_prompts"] = _alpaca_eval(tmp_path / "hub")
-    # humaneval and lm_eval need their benchmark data from the hub; the rest runs as shipped.
-    evaluators = [e for e in cfg.eval.evaluators if e in ("task", "retention", "safety")]
+        sources["data.general_prompts"] = _alpaca_eval(root)
+    bench = _benchmark_data(root)
+    defs = {b: {"data": path, **({"template": "llama3_math_infer"} if b in cfg.eval.benchmark_defs else {})}
+            for b, path in bench.items()}
     out = tmp_path / "run"
-    res = run_cli("run", str(PAPER / f"{name}.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
-                  *(f"{k}={v}" for k, v in sources.items()), f"eval.evaluators=[{','.join(evaluators)}]",
+    res = run_cli("compare", str(PAPER / f"{name}.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
+                  *(f"{k}={v}" for k, v in sources.items()), "compare.arms=[vanilla,sdft]",
+                  "eval.benchmark_defs=" + json.dumps(defs), "eval.knowledge_tasks=[tiny_mc]",
+                  f"eval.lm_eval_include_path={_task_folder(tmp_path, [1, 0, 1, 0, 0])}", "eval.limit=2",
                   "distill.batch_size=4", "distill.sampling.max_new_tokens=8", "train.max_steps=2",
-                  "eval.sampling.max_new_tokens=8", "eval.safety_max_new_tokens=8", "eval.batch_size=4",
-                  "eval.retention_max_new_tokens=8", timeout=600)
+                  "eval.sampling.max_new_tokens=8", "eval.batch_size=4", "eval.retention_max_new_tokens=8",
+                  "generation.dtype=float32", timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "filter" / "train.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and (out / "export" / "model").exists()
-    metrics = json.loads((out / "eval" / "eval.json").read_text())
-    tuned = metrics["tuned"] if "tuned" in metrics else metrics
-    if "task" in evaluators:
-        assert "task_accuracy" in json.dumps(tuned)
+    assert len(rows) == 6
+    report = json.loads((out / "compare" / "report.json").read_text())
+    assert list(report["models"]) == ["seed", "vanilla", "sdft"]
+    table = report["paper_table"]
+    assert table["columns"] == ["gsm8k", "multiarith", "openfunctions", "humaneval", "advbench", "advbench_gcg",
+                                "alpaca_eval", "tiny_mc"]
+    for model in ("seed", "vanilla", "sdft"):
+        cells = table["rows"][model]
+        assert all(cells[c]["ours"] is not None for c in table["columns"] if c != "alpaca_eval"), (model, cells)
+        assert cells["alpaca_eval"]["ours"] is None  # no annotator: not judged
+        for column, paper in cfg.compare.paper.get(model, {}).items():
+            assert cells[column]["paper"] == paper
+        assert "analysis.bleu4" in report["models"][model]
+        assert ("retention_kl" in report["models"][model]) == bool(cfg.data.general_prompts)
+    md = (out / "compare" / "report.md").read_text()
+    assert "## The paper's table" in md and "not judged" in md and "Section 5" in md
+    assert "seed_nll_of_answers" in json.dumps(report["arms"]["sdft"])
     if name == "gsm8k":  # the paper's preprocessing reached the training data
         assert all(r["original"].endswith(f"The answer is {r['original'].split()[-1]}") for r in rows)
         assert not any("<<" in r["original"] or "####" in r["original"] for r in rows)

@@ -22,6 +22,7 @@ class LmEvalEvaluator(Evaluator):
     """``eval.lm_eval_tasks`` with lm-eval's own few-shot settings; the ``knowledge`` benchmark is this
     evaluator on ``eval.knowledge_tasks``, 0-shot, reported under ``knowledge.<task>.<metric>``."""
 
+    name = "lm_eval"
     sampled = False  # log-likelihood tasks; generative tasks use their own gen_kwargs
 
     def __init__(self, name: str = "lm_eval", option: str = "eval.lm_eval_tasks", num_fewshot: int | None = None):
