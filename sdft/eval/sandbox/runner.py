@@ -3,7 +3,8 @@
 Never in the framework's own process. Each program runs:
 - inside bubblewrap (``bwrap``): its own user, mount, PID, network, IPC and UTS namespaces, as uid
   65534 with no capabilities; the whole file system read-only except its own folder, with private,
-  throw-away ``/dev`` and ``/dev/shm``; no network at all. Writes elsewhere fail in the
+  throw-away ``/dev`` and ``/dev/shm``; every home folder and the Hugging Face cache and token paths
+  emptied (only what the interpreter needs is shown again); no network at all. Writes elsewhere fail in the
   kernel, whatever the program uses (a directory descriptor, a hard link, sqlite3, shared memory, a
   FIFO, native code). When sdft itself runs as root, the namespace's uid maps to root outside: the
   read-only mounts, not file permissions, are what stop writes;
@@ -47,12 +48,51 @@ class RunResult:
     """The last lines of stderr, or what was blocked."""
 
 
+def hidden_paths() -> list[Path]:
+    """What a program never sees: every home folder, and the Hugging Face cache and token wherever their
+    variables put them (tokens, caches, keys and shell histories live there)."""
+    env = os.environ
+    hf = [env.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE",
+                                "HF_DATASETS_CACHE", "HF_TOKEN_PATH")]
+    hf.append(str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"))
+    paths = [Path("/root"), Path("/home"), Path.home(), *(Path(h) for h in hf if h)]
+    out: list[Path] = []
+    for path in paths:
+        path = path.resolve()
+        if path.exists() and path != Path("/") and not any(path == o or o in path.parents for o in out):
+            out = [o for o in out if path not in o.parents] + [path]
+    return out
+
+
+def _needed() -> list[Path]:
+    """What the interpreter and the guard need to run, which may live under a hidden folder (a pyenv
+    Python under /root, a virtual environment in a home folder)."""
+    paths = sorted({Path(p).resolve() for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
+                                                 os.path.dirname(os.path.realpath(sys.executable)), GUARD.parent)},
+                   key=lambda p: len(p.parts))
+    out: list[Path] = []
+    for path in paths:  # a folder inside one already shown needs no mount of its own
+        if not any(o == path or o in path.parents for o in out):
+            out.append(path)
+    return out
+
+
 def _bwrap(box: Path) -> list[str]:
-    """The bubblewrap command line that confines a program to ``box``."""
+    """The bubblewrap command line that confines a program to ``box``: the file system read-only, home
+    folders and the Hugging Face cache and token emptied (a tmpfs over each folder, an empty file over a
+    file), then what the interpreter needs shown again, read-only."""
     # /tmp stays visible (read-only): the interpreter, sdft's guard script or the box may live there.
-    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
-            "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
-            "--bind", str(box), str(box), "--uid", NOBODY, "--gid", NOBODY, "--chdir", str(box), "--"]
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+           "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc"]
+    hidden = hidden_paths()
+    empty = box / ".empty"  # not /dev/null: a device node bound into the namespace cannot be opened (nodev)
+    empty.touch()
+    for path in hidden:
+        cmd += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", str(empty), str(path)]
+    for path in _needed():
+        if any(h in path.parents or h == path for h in hidden):
+            cmd += ["--ro-bind", str(path), str(path)]
+    return [*cmd, "--bind", str(box), str(box), "--uid", NOBODY, "--gid", NOBODY, "--chdir", str(box), "--"]
 
 
 @functools.cache

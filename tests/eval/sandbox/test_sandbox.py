@@ -111,6 +111,67 @@ def test_network_processes_and_native_code_are_blocked(tmp_path, code, what):
 
 
 @needs_bwrap
+def test_home_folders_and_the_hugging_face_cache_and_token_are_hidden(tmp_path, monkeypatch):
+    """A program running as nobody lists the home folders and reads the Hugging Face cache and token
+    wherever their variables point (canaries anyone could read): it finds nothing but the path down to
+    the interpreter it runs on. The control: with nothing hidden, it reads the canaries."""
+    import json
+    import shutil
+    import tempfile
+
+    from sdft.eval.sandbox import runner
+
+    shared = Path(tempfile.mkdtemp(prefix="sdft-canary-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        (shared / "hf-home" / "hub").mkdir(parents=True)
+        for path in (shared / "hf-home", shared / "hf-home" / "hub"):
+            path.chmod(0o755)
+        (shared / "hf-home" / "hub" / "model.bin").write_text("weights")
+        token = shared / "my-token"
+        token.write_text("hf_secret")
+        for f in (token, shared / "hf-home" / "hub" / "model.bin"):
+            f.chmod(0o644)
+        monkeypatch.setenv("HF_HOME", str(shared / "hf-home"))
+        monkeypatch.setenv("HF_TOKEN_PATH", str(token))
+        hidden = runner.hidden_paths()
+        assert {(shared / "hf-home").resolve(), token.resolve()} <= set(hidden)
+        assert Path("/root") in hidden or not Path("/root").exists()
+        # What may show: the folders on the way to the interpreter, nothing beside them.
+        allowed = {}
+        for need in runner._needed():
+            for h in hidden:
+                if h in need.parents:
+                    parts = need.relative_to(h).parts
+                    for i in range(len(parts)):
+                        allowed.setdefault(str(h.joinpath(*parts[:i])), set()).add(parts[i])
+        code = f"""import json, os
+allowed = {{k: set(v) for k, v in json.loads({json.dumps(json.dumps({k: sorted(v) for k, v in allowed.items()}))}).items()}}
+needed = set({json.dumps([str(n) for n in runner._needed()])})
+found = {{}}
+for top in {json.dumps([str(h) for h in hidden if h.is_dir()])}:
+    for root, dirs, files in os.walk(top):
+        if root in needed:  # the interpreter's own folder, shown on purpose
+            dirs[:] = []
+            continue
+        extra = set(dirs + files) - allowed.get(root, set())
+        if extra:
+            found[root] = sorted(extra)
+        dirs[:] = [d for d in dirs if d in allowed.get(root, set())]
+secret = open({json.dumps(str(token))}).read()
+if found or secret:
+    raise SystemExit("visible: " + repr(found) + " " + repr(secret))
+"""
+        res = run_program(code, timeout=20, work_root=tmp_path)
+        assert res.status == "passed", res
+        monkeypatch.setattr(runner, "hidden_paths", lambda: [])
+        exposed = run_program(code, timeout=20, work_root=tmp_path)
+        assert exposed.status == "failed" and "hf_secret" in exposed.detail and "hf-home': ['hub']" in exposed.detail
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@needs_bwrap
 def test_numpy_imports_inside_the_sandbox(tmp_path):
     """The HumanEval harness puts ``import numpy`` before every program: it must run, not be blocked."""
     res = run_program("import numpy as np\nassert np.arange(3).sum() == 3", timeout=20, work_root=tmp_path)
