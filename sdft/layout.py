@@ -8,7 +8,7 @@
                       train_log.jsonl, ds_config.json
     <output_dir>/eval/eval.json, outputs/ (+ <benchmark>_<model>.alpaca_eval.json), results/,
                       seed_responses.jsonl
-    <output_dir>/export/model/, adapter/
+    <output_dir>/export/model/ (+ README.md, its model card), adapter/
     <output_dir>/vanilla/...                                   sdft compare's vanilla arm: a run layout of its own
     <output_dir>/compare/report.md, report.json, plots/, outputs/, results/, seed_responses.jsonl
 
@@ -201,6 +201,11 @@ class RunLayout:
     @property
     def export_model(self) -> Path:
         return self.root / "export" / "model"
+
+    @property
+    def model_card(self) -> Path:
+        """The exported model's card (the hub's README.md)."""
+        return self.export_model / "README.md"
 
     @property
     def export_adapter(self) -> Path:

@@ -1,5 +1,6 @@
 """Step 5: a standalone transformers folder (safetensors) that ``AutoModelForCausalLM.from_pretrained``
-loads with no peft: the LoRA adapter merged into the seed's weights, or the fully tuned model.
+loads with no peft: the LoRA adapter merged into the seed's weights, or the fully tuned model, with its
+model card (``README.md``: ``model_card``).
 Stage entry: ``run_export(ctx)``.
 
 After QLoRA the adapter is merged into the *dequantized* 4-bit base (the weights it was trained
@@ -17,6 +18,7 @@ import torch
 from sdft.config.schema import RunConfig
 from sdft.context import RunContext
 from sdft.errors import StageError
+from sdft.export.model_card import model_card
 from sdft.layout import RunLayout
 from sdft.models.loading import load_model
 from sdft.models.quantized import dequantize_into, load_4bit
@@ -71,5 +73,6 @@ def export_model(cfg: RunConfig, layout: RunLayout, tok) -> Path:
     with publishing(layout.export_model) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        (tmp / layout.model_card.name).write_text(model_card(cfg, layout, dtype), encoding="utf-8")
     log.info("export: wrote %s (%s)", layout.export_model, dtype)
     return layout.export_model
