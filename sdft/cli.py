@@ -42,10 +42,10 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (Yang et al., ACL 2024).",
-                                epilog="Options are documented in README.md (Config reference).")
+                                epilog="Options: docs/config-reference.md; commands: docs/commands.md.")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        s = sub.add_parser(name, help=f"{name} (see README)")
+        s = sub.add_parser(name, help=f"{name} (see docs/commands.md)")
         s.add_argument("config", help="YAML config file")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-4")
         if name != "config":

@@ -1,8 +1,8 @@
-"""Render the config reference (README "Config reference") from the dataclasses' field docstrings.
+"""Render the config reference (``docs/config-reference.md``) from the dataclasses' field docstrings.
 
-    python -m sdft.config.reference > /tmp/ref.md
+    python -m sdft.config.reference > docs/config-reference.md
 
-A test checks that README.md contains this text verbatim, so docs and code cannot drift apart.
+A test checks that the file is this text, so docs and code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -58,5 +58,18 @@ def render() -> str:
     return "\n".join(lines)
 
 
+PAGE_HEAD = """# Config reference
+
+Every option of a run's YAML file (or a `key=value` override on the command line), generated from the
+dataclasses in `sdft/config/schema.py`: `python -m sdft.config.reference > docs/config-reference.md`
+(a test checks that this page is current).
+"""
+
+
+def page() -> str:
+    """The whole ``docs/config-reference.md``."""
+    return PAGE_HEAD + "\n" + render()
+
+
 if __name__ == "__main__":
-    print(render())
+    print(page(), end="")

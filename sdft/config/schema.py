@@ -3,7 +3,7 @@
 One dataclass per concern; ``RunConfig`` groups them and is what a YAML file and ``key=value``
 overrides map onto (``sdft.config.loader``, which also validates: ``sdft.config.validate``). Every
 field has a default, so a YAML file names only what differs. The string under each field is its
-documentation: the README's config reference is generated from it (``sdft.config.reference``).
+documentation: docs/config-reference.md is generated from it (``sdft.config.reference``).
 """
 
 from __future__ import annotations
