@@ -80,11 +80,16 @@ def _llama2_folder() -> Path:
     assert [t["content"] for t in tj["added_tokens"]] == vocab[:3] == ["<unk>", "<s>", "</s>"]
     tj["model"]["vocab"] = {piece: i for i, piece in enumerate(vocab)}
     tj["model"]["merges"] = merges
+    return _publish(folder, tj, layout / "tokenizer_config.json")
+
+
+def _publish(folder: Path, tokenizer_json: dict, tokenizer_config: Path) -> Path:
+    """Write a tokenizer folder whole (a temporary folder renamed into place), so a kill leaves none half-made."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    shutil.copy(layout / "tokenizer_config.json", tmp / "tokenizer_config.json")
+    (tmp / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    shutil.copy(tokenizer_config, tmp / "tokenizer_config.json")
     tmp.rename(folder)
     return folder
 
@@ -104,13 +109,7 @@ def _llama3_folder() -> Path:
                   {"Sequence": {"id": "B", "type_id": 1}}],
          "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
                                                   "tokens": ["<|begin_of_text|>"]}}}]}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    shutil.copy(src / "tokenizer_config.json", tmp / "tokenizer_config.json")
-    tmp.rename(folder)
-    return folder
+    return _publish(folder, tj, src / "tokenizer_config.json")
 
 
 def tokenizer_folder(name: str) -> Path:
