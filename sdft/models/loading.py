@@ -26,6 +26,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_sdpa_broken() -> bool:
+    """True when torch's CPU attention kernel fails on bfloat16 (PyTorch 2.13: "pack_vnni2 is only supported
+    when avx512 is supported", from sequences of a few hundred tokens on): ``ATEN_CPU_CAPABILITY`` picked
+    kernels below AVX-512 on a CPU with AVX-512 BF16, whose hardware check still sends bfloat16 attention
+    down the AVX-512 packing path. Models then use eager attention on the CPU."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return not capability.startswith("AVX512") and torch.cpu._is_avx512_bf16_supported()
+
+
 def load_tokenizer(path: str):
     """Load a tokenizer from a local folder and make sure it can pad (for batched work)."""
     from transformers import AutoTokenizer
@@ -46,6 +55,8 @@ def load_model(path: str, dtype: str, device: torch.device, adapter: str | Path 
     kwargs = {}
     if quantization is not None:
         kwargs = {"quantization_config": quantization, **({} if zero3 else {"device_map": {"": device}})}
+    if device.type == "cpu" and cpu_sdpa_broken():
+        kwargs["attn_implementation"] = "eager"
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=DTYPES[dtype], **kwargs)
     if adapter is not None:
         from peft import PeftModel
