@@ -91,11 +91,13 @@ def run_command(args: argparse.Namespace) -> int:
     from sdft.models.quantized import preflight
     from sdft.run_folder import hold
     from sdft.run_record import write_run_record
+    from sdft.tracking import check_trackers
 
     from sdft.compare.compare import check_compare, run_compare
     from sdft.pipeline import Pipeline
 
     preflight(cfg, pick_device(cfg.device))
+    check_trackers(cfg)
     ctx = RunContext(cfg)
     pipeline = Pipeline(ctx)
     # Every input the command reads is checked before anything is written, the output folder included.
@@ -106,10 +108,16 @@ def run_command(args: argparse.Namespace) -> int:
         pipeline.check_inputs(stages, args.force)
     hold(ctx.layout, args.command)  # one run per output folder; clears what a killed run left
     write_run_record(ctx.layout, args.command, resolved)
-    if args.command == "compare":
-        run_compare(ctx, force=args.force)
-    else:
-        pipeline.run(stages, force=args.force)
+    ctx.open_tracking(new_runs=args.force)  # a tracker that cannot be reached stops here, before any stage
+    try:
+        if args.command == "compare":
+            run_compare(ctx, force=args.force)
+        else:
+            pipeline.run(stages, force=args.force)
+    except BaseException:
+        ctx.close_tracking(failed=True)
+        raise
+    ctx.close_tracking()
     runtime.teardown()
     return 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from sdft.config import config_to_dict
 from sdft.config.schema import RunConfig
 from sdft.data.examples import Example, LoadReport, load_examples
 from sdft.data.tokenize import check_renders
@@ -18,6 +19,7 @@ from sdft.distributed import runtime
 from sdft.errors import ConfigError
 from sdft.layout import RunLayout
 from sdft.models.loading import load_tokenizer, pick_device
+from sdft.tracking import Trackers, open_trackers
 
 
 class RunContext:
@@ -47,6 +49,30 @@ class RunContext:
             return runtime.local_device(device)
 
         return self._once("device", join)
+
+    @property
+    def trackers(self) -> Trackers:
+        """This run folder's trackers (``tracking.report_to``; no-ops on ranks other than 0), opened on
+        first use: the output folder's by the command, an arm's of ``sdft compare`` as a run of its own
+        beside it. ``open_tracking`` sets whether they start new runs; ``close_tracking`` ends them."""
+        opened = self._loaded.setdefault("trackers", {})
+        if self.layout.root not in opened:
+            parent = next(iter(opened.values()), None)  # the output folder's, opened first
+            arm = self.layout.root.name if parent else ""
+            trackers = open_trackers(self.cfg, self.layout, self._loaded.get("new_tracker_runs", False), parent, arm)
+            trackers.log_config(config_to_dict(self.cfg))
+            opened[self.layout.root] = trackers
+        return opened[self.layout.root]
+
+    def open_tracking(self, new_runs: bool = False) -> None:
+        """Open the output folder's trackers, new runs with ``new_runs`` (``--force``), and report the config."""
+        self._loaded["new_tracker_runs"] = new_runs
+        _ = self.trackers
+
+    def close_tracking(self, failed: bool = False) -> None:
+        """End every tracker run opened by this command (marked failed when the command failed)."""
+        for trackers in self._loaded.pop("trackers", {}).values():
+            trackers.close(failed)
 
     @property
     def tok(self):

@@ -4,11 +4,12 @@
     <output_dir>/<stage>/COMPLETE.json                         a stage's completion record (sdft.pipeline)
     <output_dir>/distill/rewrites.jsonl, rewrites.part-<rank>.jsonl, generation_config.json
     <output_dir>/filter/train.jsonl, stats.json
-    <output_dir>/train/final/ (+ training_summary.json), checkpoints/step-<N>/, tensorboard/,
-                      train_log.jsonl, ds_config.json
+    <output_dir>/train/final/ (+ training_summary.json), checkpoints/step-<N>/, train_log.jsonl,
+                      ds_config.json
     <output_dir>/eval/eval.json, outputs/ (+ <benchmark>_<model>.alpaca_eval.json), results/,
                       seed_responses.jsonl
     <output_dir>/export/model/ (+ README.md, its model card), adapter/
+    <output_dir>/tracking/runs.json, tensorboard/<run>/, wandb/, mlflow.db   the trackers (tracking.report_to)
     <output_dir>/vanilla/...                                   sdft compare's vanilla arm: a run layout of its own
     <output_dir>/compare/report.md, report.json, plots/, outputs/, results/, seed_responses.jsonl
 
@@ -181,10 +182,6 @@ class RunLayout:
         return [CheckpointFiles(p) for p in sorted(self.checkpoints.glob("step-*")) if CheckpointFiles(p).state.exists()]
 
     @property
-    def tensorboard(self) -> Path:
-        return self.root / "train" / "tensorboard"
-
-    @property
     def train_log(self) -> Path:
         return self.root / "train" / "train_log.jsonl"
 
@@ -192,6 +189,31 @@ class RunLayout:
     def ds_config(self) -> Path:
         """The resolved DeepSpeed config training ran with."""
         return self.root / "train" / "ds_config.json"
+
+    # -- tracking ------------------------------------------------------------------------------
+    @property
+    def tracking_dir(self) -> Path:
+        """The trackers' local files (``tracking.report_to``); W&B writes its ``wandb/`` folder here."""
+        return self.root / "tracking"
+
+    @property
+    def tracking_runs(self) -> Path:
+        """``{tracker: run id}``: the tracker runs this folder reports into (a rerun goes on in them)."""
+        return self.tracking_dir / "runs.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files, one folder per tracker run."""
+        return self.tracking_dir / "tensorboard"
+
+    @property
+    def mlflow_store(self) -> Path:
+        """The local MLflow store (SQLite) when no tracking URI is given."""
+        return self.tracking_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.tracking_dir / "mlflow-artifacts"
 
     # -- eval, export, compare -----------------------------------------------------------------
     @property

@@ -10,7 +10,8 @@ files it reads (all checked before the first stage of a command starts, so that 
 writes under ``<output_dir>/<stage>/`` and finishes with ``<stage>/COMPLETE.json``: that config, the
 upstream stage's record, a summary and the time taken. A stage whose record matches the current
 config is skipped; one made with another config is refused with the differing keys, never silently
-reused. Within a stage, distill and train resume after a kill (see their modules).
+reused. Within a stage, distill and train resume after a kill (see their modules). The numbers of a
+finished stage's summary and its time go to the trackers (``tracking.report_to``) as ``<stage>/<key>``.
 
 ``VANILLA_STAGES`` is ``sdft compare``'s baseline arm: no distill stage, and a filter stage that keeps
 every original answer, so training sees the task data as it is. ``ON_POLICY_STAGES`` is on-policy
@@ -171,14 +172,18 @@ class Pipeline:
             runtime.barrier()
         elif self.is_complete(name):
             log.info("%s: already complete in %s, skipping", name, self.layout.stage_dir(name))
+            if runtime.is_main():  # again: a killed command's tracker may not have written them
+                record = self.record(name)
+                self.ctx.trackers.log_summary(name, {**record["summary"], "seconds": record["seconds"]})
             return None
         started = time.time()
         self.layout.stage_dir(name).mkdir(parents=True, exist_ok=True)
         summary = stage.run(self.ctx) if stage.all_ranks or runtime.is_main() else {}
+        seconds = round(time.time() - started, 1)
         if runtime.is_main():
             atomic_write_json(self.layout.record(name), {"inputs": self._expected(name), "summary": summary,
-                                                         "seconds": round(time.time() - started, 1),
-                                                         "world_size": runtime.world_size()})
+                                                         "seconds": seconds, "world_size": runtime.world_size()})
+            self.ctx.trackers.log_summary(name, {**summary, "seconds": seconds})
         runtime.barrier()
         log.info("%s: done in %.1f s", name, time.time() - started)
         return summary

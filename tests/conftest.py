@@ -58,9 +58,11 @@ def tiny_tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
-def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock")) -> dict[str, tuple[int, int]]:
+def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock", "tracking")
+             ) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file under ``root`` except the ``ignore``d top-level
-    names: compare two snapshots to prove a rerun rewrote nothing."""
+    names (what every command writes: its record, the lock, the trackers' files): compare two snapshots to
+    prove a rerun rewrote nothing."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")
             if p.is_file() and p.relative_to(root).parts[0] not in ignore}
 

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 LAYERS = [
     ["sdft.errors", "sdft.layout", "sdft.utils", "sdft.gates", "sdft.templates"],
     ["sdft.config"],
-    ["sdft.data", "sdft.distributed", "sdft.models"],
+    ["sdft.data", "sdft.distributed", "sdft.models", "sdft.tracking"],
     ["sdft.context", "sdft.run_record", "sdft.run_folder"],
     ["sdft.distill", "sdft.filter", "sdft.train", "sdft.eval", "sdft.export"],
     ["sdft.pipeline", "sdft.compare"],

@@ -10,6 +10,9 @@ and the forgetting report.
     <output_dir>/compare/report.md, report.json, plots/*.png
     <output_dir>/compare/results/<model>.json, outputs/, seed_responses.jsonl
 
+With trackers (``tracking.report_to``) each arm reports into a run of its own (the sdft arm's is the
+output folder's), and the report's table goes to the output folder's run.
+
 Each arm is a ``Pipeline`` run of its stage table with ``train.objective`` set for it, so arms resume
 and skip like ``sdft run``'s; the evaluation (``sdft.eval.engine.evaluate``, as ``sdft eval``) caches
 each model's results, so a rerun after a kill redoes only what is missing. Training runs on every
@@ -116,8 +119,18 @@ def _evaluate_and_report(ctx: RunContext, arms: dict[str, Pipeline]) -> dict:
     report = write_report(files, results, evaluators, settings, facts,
                           paired_outcomes(ctx, evaluators, files, list(arms)), cfg.compare.paper)
     log.info("compare: report in %s", files.report_md)
+    _track(ctx, report["models"])
     for metric in next(iter(report["verdict"].values()), {}):
         values = "  ".join(f"{m} {v.get(metric, float('nan')):.4g}" for m, v in report["models"].items())
         verdicts = "; ".join(f"{arm}: {v[metric]}" for arm, v in report["verdict"].items())
         log.info("compare: %-28s %s  (vs %s: %s)", metric, values, report["baseline"], verdicts)
     return report
+
+
+def _track(ctx: RunContext, models: dict[str, dict]) -> None:
+    """The report's table (a row per model: the seed and each arm) and its numbers, to the output folder's
+    trackers; each arm's own training and stage numbers went to its own tracker run."""
+    metrics = list(dict.fromkeys(m for values in models.values() for m in values))
+    ctx.trackers.log_table("compare/report", ["model", *metrics],
+                           [[model, *(values.get(m) for m in metrics)] for model, values in models.items()])
+    ctx.trackers.log_summary("compare", models)

@@ -458,6 +458,35 @@ class ExportConfig:
     else ``model.dtype``."""
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class TrackingConfig:
+    """Where the run's numbers are reported besides its own files (rank 0 only): the resolved config,
+    each logged training step (loss, learning rate, grad norm, tokens/s), each stage's time and summary,
+    the evaluation's metrics and ``sdft compare``'s table. The run's own files (``train_log.jsonl``,
+    ``eval.json``) are written either way."""
+
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Any of ``tensorboard`` (event files in ``<output_dir>/tracking/tensorboard``), ``wandb`` and
+    ``mlflow``; ``[]`` for none. A tracker that is not installed or cannot be reached stops the command
+    before any stage starts."""
+    project: str = "sdft"
+    """The W&B project and the MLflow experiment."""
+    run_name: str = ""
+    """The tracker run's name; empty: the output folder's name (an arm of ``sdft compare`` adds
+    ``/<arm>``)."""
+    wandb_mode: Literal["online", "offline"] = "online"
+    """``offline`` writes W&B's run files under ``<output_dir>/tracking/wandb`` only (``wandb sync``
+    uploads them later); ``online`` needs ``wandb login`` or ``WANDB_API_KEY``."""
+    wandb_entity: str = ""
+    """The W&B team or user; empty: the logged-in user's default."""
+    mlflow_tracking_uri: str = ""
+    """The MLflow server (``http://host:5000``) or store; empty: ``MLFLOW_TRACKING_URI`` when set, else a
+    SQLite store in ``<output_dir>/tracking/mlflow.db`` (``mlflow ui --backend-store-uri sqlite:///...``)."""
+
+
 ARMS = ("vanilla", "sdft", "on_policy")
 
 
@@ -495,6 +524,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def generation_dtype(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sdft.config.schema import ARMS, BENCHMARKS, EVALUATORS, GENERATIVE_BENCHMARKS, RunConfig
+from sdft.config.schema import ARMS, BENCHMARKS, EVALUATORS, GENERATIVE_BENCHMARKS, TRACKERS, RunConfig
 from sdft.config.sources import is_hub, parse_hub
 from sdft.errors import ConfigError
 from sdft.gates import resolve_gate, task_checker
@@ -63,6 +63,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     arms = cfg.compare.arms
     if not arms or len(set(arms)) != len(arms) or any(a not in ARMS for a in arms):
         raise ConfigError(f"compare.arms={arms}: name one or more distinct arms of {list(ARMS)}")
+    trackers = cfg.tracking.report_to
+    if len(set(trackers)) != len(trackers) or any(t not in TRACKERS for t in trackers):
+        raise ConfigError(f"tracking.report_to={trackers}: name distinct trackers of {list(TRACKERS)}, or [] for none")
     if not cfg.output_dir:
         raise ConfigError("output_dir is empty: name a folder for the run's outputs")
     return cfg

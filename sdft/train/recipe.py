@@ -21,7 +21,8 @@ then the teacher-student divergence); where it runs is the backend's (``backends
   RNG). A rerun of the same config continues from the newest one at the exact step; the data position
   is a pure function of the step, so nothing is lost or seen twice.
 - Output: ``train/final`` (a peft adapter or a full transformers model, safetensors, and
-  ``training_summary.json``), ``checkpoints/``, ``tensorboard/``, ``train_log.jsonl`` (rank 0).
+  ``training_summary.json``), ``checkpoints/``, ``train_log.jsonl`` (rank 0; each row also to the
+  trackers of ``tracking.report_to``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ from sdft.train.checkpoint import fingerprint, resume, save_checkpoint
 from sdft.train.model import build_model, build_optimizer, log_4bit_layout, parameter_counts
 from sdft.train.objective import SFTObjective
 from sdft.train.on_policy import OnPolicyObjective
+from sdft.tracking import Trackers
 from sdft.train.train_log import TrainLog
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_write_json, publishing, read_jsonl
@@ -55,20 +58,22 @@ log = logging.getLogger(__name__)
 
 def run_train(ctx: RunContext) -> dict:
     """The train stage (every rank): fine-tune on the filter stage's rows."""
-    return train(ctx.cfg, read_jsonl(ctx.layout.filtered), ctx.layout, ctx.tok, ctx.device)
+    return train(ctx.cfg, read_jsonl(ctx.layout.filtered), ctx.layout, ctx.tok, ctx.device, ctx.trackers)
 
 
 def run_train_on_policy(ctx: RunContext) -> dict:
     """The train stage of on-policy self-distillation (every rank): the task data as it is, each
     reference answer the teacher's demonstration."""
     rows = [ex.to_dict() for ex in ctx.train_examples()[0]]
-    return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device)
+    return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device, ctx.trackers)
 
 
-def train(cfg: RunConfig, rows: list[dict], layout: RunLayout, tok, device: torch.device) -> dict:
+def train(cfg: RunConfig, rows: list[dict], layout: RunLayout, tok, device: torch.device,
+          trackers: Trackers | None = None) -> dict:
     """Fine-tune the seed on ``rows`` ({id, instruction, response, system}) into ``layout``; returns the
-    summary. Call it on every rank with the same arguments (the launcher sets RANK / WORLD_SIZE)."""
-    recipe = TrainRecipe(cfg, layout, tok, device)
+    summary; each logged step also goes to ``trackers``. Call it on every rank with the same arguments
+    (the launcher sets RANK / WORLD_SIZE)."""
+    recipe = TrainRecipe(cfg, layout, tok, device, trackers)
     recipe.setup(rows)
     return recipe.train()
 
@@ -82,8 +87,9 @@ def seed_everything(seed: int) -> None:
 class TrainRecipe:
     """One training run into ``layout``'s ``train/`` folder (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, layout: RunLayout, tok, device: torch.device):
+    def __init__(self, cfg: RunConfig, layout: RunLayout, tok, device: torch.device, trackers: Trackers | None = None):
         self.cfg, self.t, self.layout, self.tok, self.device = cfg, cfg.train, layout, tok, device
+        self.trackers = trackers or Trackers([])
         self.world, self.rank = runtime.world_size(), runtime.rank()
 
     def setup(self, rows: list[dict]) -> None:
@@ -118,7 +124,7 @@ class TrainRecipe:
             log_4bit_layout(self.model)
         self.fingerprint = fingerprint(self.cfg, self.objective.digest())
         self.start = resume(self.layout, self.fingerprint, self.backend, self.steps, self.objective)
-        self.log = TrainLog(self.layout, self.start)
+        self.log = TrainLog(self.layout, self.start, self.trackers)
         self.slots = TokenSlots()
         self.n_trainable, self.n_total = parameter_counts(self.model, params)
         log.info("train: %s, %d examples, %d steps (global batch %d = micro-batch %d x accum %d x %d rank(s)), "
@@ -130,18 +136,19 @@ class TrainRecipe:
     def train(self) -> dict:
         """Run the remaining steps, then write ``train/final``; returns the summary."""
         bar = tqdm(total=self.steps, initial=self.start, desc="train", unit="step", disable=not runtime.is_main())
+        since, tokens = time.perf_counter(), 0  # tokens/s over the steps since the last logged one
         for step in range(self.start, self.steps):
             row = self.train_step(step)
-            done = step + 1
+            done, tokens = step + 1, tokens + row["tokens"]
             if done % self.t.logging_steps == 0 or done == self.steps:
-                self.log.add(row)
+                self.log.add(row, tokens / max(time.perf_counter() - since, 1e-9))
+                since, tokens = time.perf_counter(), 0
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if self.t.save_every and done % self.t.save_every == 0 and done < self.steps:
                 self.checkpoint(done)
             maybe_kill("train_step")
         bar.close()
-        self.log.close()
         return self.save_final()
 
     def train_step(self, step: int) -> dict:

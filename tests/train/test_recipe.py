@@ -40,7 +40,6 @@ def test_loss_goes_down(tiny_config, method, precision, checkpointing):
         assert (final / "adapter_model.safetensors").exists() and summary["trainable_parameters"] < summary["total_parameters"]
     else:
         assert (final / "model.safetensors").exists() and summary["trainable_parameters"] == summary["total_parameters"]
-    assert list((out / "train" / "tensorboard").glob("events.out.tfevents*"))
 
 
 def first_step(cfg, rows, layout, tok) -> tuple[dict, dict[str, torch.Tensor]]:
