@@ -26,9 +26,19 @@ import json
 import random
 
 import torch
+from workload import (
+    LENGTHS,
+    example_lengths,
+    packed_batch,
+    padded_batches,
+    peak_gib,
+    print_ratio,
+    random_llama,
+    reset_peak,
+    sft_set,
+    time_steps,
+)
 
-from workload import (LENGTHS, example_lengths, packed_batch, padded_batches, peak_gib, print_ratio, random_llama,
-                                 reset_peak, sft_set, time_steps)
 from sdft.train.objective import CausalLMLoss
 
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from workload import SHAPES
 
 

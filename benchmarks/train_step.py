@@ -25,8 +25,19 @@ import argparse
 import json
 
 import torch
-from workload import (example_lengths, matmul_ceiling_tflops, n_params, packed_batch, padded_batches, peak_gib,
-                      print_ratio, random_llama, reset_peak, sft_set, time_steps)
+from workload import (
+    example_lengths,
+    matmul_ceiling_tflops,
+    n_params,
+    packed_batch,
+    padded_batches,
+    peak_gib,
+    print_ratio,
+    random_llama,
+    reset_peak,
+    sft_set,
+    time_steps,
+)
 
 from sdft.train.objective import CausalLMLoss
 

@@ -85,16 +85,15 @@ def run_command(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
 
+    from sdft.compare.compare import check_compare, run_compare
     from sdft.context import RunContext
     from sdft.distributed import runtime
     from sdft.models.loading import pick_device
     from sdft.models.quantized import preflight
+    from sdft.pipeline import Pipeline
     from sdft.run_folder import hold
     from sdft.run_record import write_run_record
     from sdft.tracking import check_trackers
-
-    from sdft.compare.compare import check_compare, run_compare
-    from sdft.pipeline import Pipeline
 
     preflight(cfg, pick_device(cfg.device))
     check_trackers(cfg)

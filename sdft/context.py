@@ -13,7 +13,7 @@ import torch
 
 from sdft.config import config_to_dict
 from sdft.config.schema import RunConfig
-from sdft.data.examples import Example, LoadReport, load_examples
+from sdft.data.examples import Example, LoadReport, load_examples, read_examples
 from sdft.data.tokenize import check_renders
 from sdft.distributed import runtime
 from sdft.errors import ConfigError
@@ -30,7 +30,7 @@ class RunContext:
         self.layout = layout or RunLayout(Path(cfg.output_dir))
         self._loaded = {} if _loaded is None else _loaded
 
-    def for_arm(self, layout: RunLayout, cfg: RunConfig | None = None) -> "RunContext":
+    def for_arm(self, layout: RunLayout, cfg: RunConfig | None = None) -> RunContext:
         """The same (or ``cfg``'s) config in another run folder (an arm of ``sdft compare``), sharing what
         is loaded: the device, the tokenizer and the training examples."""
         return RunContext(cfg or self.cfg, layout, self._loaded)
@@ -84,6 +84,17 @@ class RunContext:
             raise ConfigError("data.train is not set: name the training data file")
         return self._once("examples", lambda: load_examples(self.cfg.data.train, self.cfg.data,
                                                             limit=self.cfg.data.limit))
+
+    def read_examples(self, source: str, fields, *, limit: int = 0, response_required: bool = True) -> list[Example]:
+        """A data set's examples (``data.test``, ``data.general_prompts``, a benchmark's records), read once
+        per command: the checks before any work and the evaluators share them."""
+        key = ("examples", source, repr(fields), limit, response_required)
+        return self._once(key, lambda: read_examples(source, fields, limit=limit, response_required=response_required))
+
+    def check_once(self, key: tuple, check) -> None:
+        """Run ``check()`` unless this command ran it already under ``key`` (the checks of a stage or of the
+        evaluation, which ``sdft compare``'s arms and a pipeline's run would otherwise repeat)."""
+        self._once(("checked", *key), check)
 
     def check_train_data(self, templates: list[str]) -> None:
         """Read the training data and render one conversation of every shape (system turn or not, number

@@ -238,11 +238,11 @@ class RunLayout:
         return EvalFiles(self.root / "compare")
 
     @property
-    def vanilla(self) -> "RunLayout":
+    def vanilla(self) -> RunLayout:
         """The vanilla arm of ``sdft compare``: a run folder inside this one."""
         return RunLayout(self.root / "vanilla")
 
-    def arm(self, name: str) -> "RunLayout":
+    def arm(self, name: str) -> RunLayout:
         """The run folder of an arm of ``sdft compare``: this one for ``sdft``, a folder inside it for
         ``vanilla`` and ``on_policy``."""
         return self if name == "sdft" else RunLayout(self.root / name)

@@ -16,7 +16,8 @@ finished stage's summary and its time go to the trackers (``tracking.report_to``
 ``VANILLA_STAGES`` is ``sdft compare``'s baseline arm: no distill stage, and a filter stage that keeps
 every original answer, so training sees the task data as it is. ``ON_POLICY_STAGES`` is on-policy
 self-distillation (``train.objective=on_policy``): training reads the task data itself, so there is no
-distill or filter stage; ``stages_for`` picks the table a config runs.
+distill or filter stage. ``METHODS`` names each (vanilla, sdft, on_policy) with its objective: ``stages_for``
+picks the table a config runs, ``sdft compare`` its arms.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from sdft.config.schema import RunConfig
+from sdft.config.validate import require_files
 from sdft.context import RunContext
 from sdft.distill.distill import run_distill
 from sdft.distributed import runtime
-from sdft.config.validate import require_files
 from sdft.errors import ConfigError, StageError
 from sdft.eval.evaluate import eval_preflight, run_eval
 from sdft.export.export import run_export
@@ -123,9 +125,37 @@ ON_POLICY_STAGES = (
 )
 
 
+@dataclass(frozen=True)
+class Method:
+    """A way to fine-tune the seed: one row of ``METHODS``, from which ``sdft run``'s stage table and
+    ``sdft compare``'s arms are derived. A new method (or objective) is a row here, its stage table, and
+    its name in ``train.objective`` / ``compare.arms`` (``tests/test_pipeline.py`` checks they agree)."""
+
+    name: str
+    """Its name as an arm of ``sdft compare`` (``compare.arms``)."""
+    objective: str
+    """The ``train.objective`` it trains with."""
+    stages: tuple[Stage, ...]
+    """Its stage table."""
+    trains: tuple[str, ...]
+    """The stages that make its tuned model (what ``sdft compare`` runs before evaluating every arm)."""
+    rewrites: bool
+    """Whether its filter stage judged rewrites (the report shows how many were kept)."""
+    runs: bool
+    """Whether ``sdft run`` with its ``train.objective`` runs this method."""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("vanilla", "sft", VANILLA_STAGES, ("filter", "train"), rewrites=False, runs=False),
+    Method("sdft", "sft", SDFT_STAGES, ("distill", "filter", "train"), rewrites=True, runs=True),
+    Method("on_policy", "on_policy", ON_POLICY_STAGES, ("train",), rewrites=False, runs=True),
+)}
+
+
 def stages_for(cfg: RunConfig) -> tuple[Stage, ...]:
-    """The stage table ``cfg`` runs: on-policy self-distillation, or SDFT's rewrite recipe."""
-    return ON_POLICY_STAGES if cfg.train.objective == "on_policy" else SDFT_STAGES
+    """The stage table ``sdft run`` runs for ``train.objective``: SDFT's rewrite recipe, or on-policy
+    self-distillation."""
+    return next(m.stages for m in METHODS.values() if m.runs and m.objective == cfg.train.objective)
 
 
 class Pipeline:
@@ -155,8 +185,8 @@ class Pipeline:
         """Refuse a missing input of any stage in ``names`` that is not complete yet (all of them with
         ``force``); a stage completed with another config is refused here too."""
         todo = names if force else [n for n in names if not self.is_complete(n)]
-        for name in todo:
-            self.stages[name].preflight(self.ctx)
+        for name in todo:  # once per command: the CLI checks before holding the folder, run() again
+            self.ctx.check_once((str(self.layout.root), name), partial(self.stages[name].preflight, self.ctx))
 
     def run_stage(self, name: str, force: bool = False) -> dict | None:
         """Run one stage unless it is already complete with this config. Returns its summary."""

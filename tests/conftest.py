@@ -58,13 +58,13 @@ def tiny_tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
-def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock", "tracking")
+def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock")
              ) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file under ``root`` except the ``ignore``d top-level
-    names (what every command writes: its record, the lock, the trackers' files): compare two snapshots to
-    prove a rerun rewrote nothing."""
+    names and the trackers' folders (what every command writes: its record, the lock, the tracker runs):
+    compare two snapshots to prove a rerun rewrote nothing."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")
-            if p.is_file() and p.relative_to(root).parts[0] not in ignore}
+            if p.is_file() and p.relative_to(root).parts[0] not in ignore and "tracking" not in p.relative_to(root).parts}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

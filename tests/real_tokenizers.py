@@ -69,7 +69,7 @@ def _llama2_folder() -> Path:
     js = (_unpacked(LLAMA2_JS) / "llama-tokenizer.js").read_text(encoding="utf-8")
 
     def constant(name: str) -> bytes:
-        return base64.b64decode(re.search(r'const %s = "([A-Za-z0-9+/=]+)"' % name, js).group(1))
+        return base64.b64decode(re.search(rf'const {name} = "([A-Za-z0-9+/=]+)"', js).group(1))
 
     vocab = constant("llama_vocab_base64").decode("utf-8").split("\n")
     packed = constant("llama_merges_binary")

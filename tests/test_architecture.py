@@ -102,3 +102,11 @@ def test_the_architecture_document_names_every_layer():
         for prefix in prefixes:
             shown = prefix.removeprefix("sdft.")
             assert f"`{shown}`" in row or f"`{shown}/`" in row, f"docs/architecture.md: layer {level} lacks {prefix}"
+
+
+def test_compare_evaluates_through_the_public_evaluation_api():
+    """``sdft compare`` uses what ``sdft/eval/__init__.py`` exports, never the evaluation's modules."""
+    mods = _modules()
+    deep = {name: sorted(m for m in _imports(name, path, mods) if m.startswith("sdft.eval."))
+            for name, path in mods.items() if name.startswith("sdft.compare")}
+    assert not any(deep.values()), deep

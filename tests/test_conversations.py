@@ -41,7 +41,7 @@ def test_every_assistant_turn_is_rewritten_gated_and_trained(conversations):
     rows = {r["id"]: r for r in map(json.loads, (out / "filter" / "train.jsonl").read_text().splitlines())}
     assert len(rows) == 6 and [len(rows[f"conv{i}"].get("turns", [0])) for i in range(6)] == [1 + i % 3 for i in range(6)]
     for row in rows.values():
-        for k, (user, answer) in enumerate(row.get("history", [])):
+        for k, (_user, answer) in enumerate(row.get("history", [])):
             verdict = row["turns"][k]
             assert answer == (verdict["rewrite"] if verdict["kept"] else verdict["original"])
     stats = json.loads((out / "filter" / "stats.json").read_text())

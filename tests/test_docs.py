@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -115,7 +114,7 @@ def test_options_named_exist(path):
 
 @pytest.mark.parametrize("path", PAGES, ids=PAGE_IDS)
 def test_repository_paths_named_exist(path):
-    for name in set(re.findall(r"`((?:%s)[\w./-]*)`" % "|".join(map(re.escape, REPO_DIRS)), path.read_text())):
+    for name in set(re.findall(r"`((?:" + "|".join(map(re.escape, REPO_DIRS)) + r")[\w./-]*)`", path.read_text())):
         if "<" not in name and "*" not in name:
             assert (REPO / name).exists(), f"{path.name}: `{name}` does not exist"
 

@@ -3,10 +3,18 @@ import os
 import pytest
 
 from sdft.errors import ConfigError
-from sdft.gates import (ban_list, ban_list_strict, find_last_integer, function_call, magicoder, math, python_code,
-                        resolve_gate, run_gate)
-from tests.authors import (authors_check_magicoder, authors_check_math, authors_check_openfunction,
-                           authors_verify)
+from sdft.gates import (
+    ban_list,
+    ban_list_strict,
+    find_last_integer,
+    function_call,
+    magicoder,
+    math,
+    python_code,
+    resolve_gate,
+    run_gate,
+)
+from tests.authors import authors_check_magicoder, authors_check_math, authors_check_openfunction, authors_verify
 
 
 @pytest.mark.parametrize("text, want", [

@@ -2,13 +2,14 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from sdft.config import load_config
 from sdft.context import RunContext
 from sdft.errors import StageError
-from sdft.pipeline import SDFT_STAGES, VANILLA_STAGES, Pipeline
+from sdft.pipeline import METHODS, SDFT_STAGES, VANILLA_STAGES, Pipeline, stages_for
 from tests.conftest import EXAMPLES, snapshot, trained_spans
 
 
@@ -20,6 +21,39 @@ def test_the_table_reads_as_the_recipe():
         assert s.run.__module__.split(".")[1] == s.name, (s.name, s.run.__module__)
     assert [s.name for s in VANILLA_STAGES] == ["filter", "train", "eval", "export"]
     assert VANILLA_STAGES[0].upstream is None and VANILLA_STAGES[0].run.__name__ == "keep_originals"
+
+
+def test_every_method_is_one_row_that_the_config_names_agree_with():
+    import typing
+
+    from sdft.config.schema import ARMS, RunConfig, TrainConfig
+
+    objectives = set(typing.get_args(typing.get_type_hints(TrainConfig)["objective"]))
+    assert set(METHODS) == set(ARMS)  # compare.arms
+    assert {m.objective for m in METHODS.values()} == objectives  # train.objective
+    for objective in objectives:  # sdft run runs exactly one method per objective
+        assert len([m for m in METHODS.values() if m.runs and m.objective == objective]) == 1
+    for m in METHODS.values():
+        names = [s.name for s in m.stages]
+        assert names[-2:] == ["eval", "export"] and list(m.trains) == names[:-2], m.name
+    assert stages_for(RunConfig()) is SDFT_STAGES
+
+
+def test_the_input_checks_and_held_out_reads_run_once_per_command(tiny_config, monkeypatch):
+    import sdft.data.examples as examples
+
+    path, out = tiny_config(n_train=4, n_test=2, train={"max_steps": 1, "save_every": 0},
+                            eval={"evaluators": ["task", "retention"]})
+    reads = []
+    real = examples.load_examples
+    monkeypatch.setattr(examples, "load_examples", lambda source, *a, **k: reads.append(str(source)) or real(source, *a, **k))
+    ctx = RunContext(load_config(path))
+    pipeline = Pipeline(ctx)
+    names = ("distill", "filter", "train", "eval")
+    pipeline.check_inputs(names)  # as the CLI does before holding the folder; run() checks again
+    pipeline.run(names)
+    names_read = [Path(r).name for r in reads]
+    assert names_read.count("test.jsonl") == 1 and names_read.count("general.jsonl") == 1, reads
 
 
 def test_records_skip_refuse_and_force(tiny_config):

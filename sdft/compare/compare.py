@@ -14,7 +14,7 @@ With trackers (``tracking.report_to``) each arm reports into a run of its own (t
 output folder's), and the report's table goes to the output folder's run.
 
 Each arm is a ``Pipeline`` run of its stage table with ``train.objective`` set for it, so arms resume
-and skip like ``sdft run``'s; the evaluation (``sdft.eval.engine.evaluate``, as ``sdft eval``) caches
+and skip like ``sdft run``'s; the evaluation (``sdft.eval.evaluate_runs``, as ``sdft eval``) caches
 each model's results, so a rerun after a kill redoes only what is missing. Training runs on every
 rank; evaluation and the report on rank 0 while the others wait.
 """
@@ -28,34 +28,25 @@ from dataclasses import asdict, replace
 from sdft.compare.report import write_report
 from sdft.context import RunContext
 from sdft.distributed import runtime
-from sdft.eval.engine import eval_settings, evaluate
-from sdft.eval.evaluate import eval_preflight
-from sdft.eval.evaluators import EvalContext
-from sdft.layout import EvalFiles
-from sdft.pipeline import ON_POLICY_STAGES, SDFT_STAGES, VANILLA_STAGES, Pipeline
+from sdft.eval import eval_preflight, eval_settings, evaluate_runs, paired_outcomes
+from sdft.pipeline import METHODS, Method, Pipeline
 
 log = logging.getLogger(__name__)
-
-# arm -> (its stage table, the stages compare runs, its train.objective)
-ARM_TABLES = {"vanilla": (VANILLA_STAGES, ("filter", "train"), "sft"),
-              "sdft": (SDFT_STAGES, ("distill", "filter", "train"), "sft"),
-              "on_policy": (ON_POLICY_STAGES, ("train",), "on_policy")}
-
 
 def _arms(ctx: RunContext) -> dict[str, Pipeline]:
     """The arms of ``compare.arms``, in that order, each in its run folder with its objective."""
     out = {}
     for name in ctx.cfg.compare.arms:
-        table, _, objective = ARM_TABLES[name]
-        cfg = replace(ctx.cfg, train=replace(ctx.cfg.train, objective=objective))
-        out[name] = Pipeline(ctx.for_arm(ctx.layout.arm(name), cfg), table)
+        method = METHODS[name]
+        cfg = replace(ctx.cfg, train=replace(ctx.cfg.train, objective=method.objective))
+        out[name] = Pipeline(ctx.for_arm(ctx.layout.arm(name), cfg), method.stages)
     return out
 
 
 def check_compare(ctx: RunContext, force: bool = False) -> None:
     """Every input of both arms and of the evaluation, checked before the first stage of either arm."""
     for name, pipeline in _arms(ctx).items():
-        pipeline.check_inputs(ARM_TABLES[name][1], force)
+        pipeline.check_inputs(METHODS[name].trains, force)
     eval_preflight(ctx)
 
 
@@ -64,7 +55,7 @@ def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
     check_compare(ctx, force)
     arms = _arms(ctx)
     for name, pipeline in arms.items():
-        pipeline.run(ARM_TABLES[name][1], force=force)
+        pipeline.run(METHODS[name].trains, force=force)
     report = None
     if runtime.is_main():
         if force:
@@ -74,14 +65,14 @@ def run_compare(ctx: RunContext, force: bool = False) -> dict | None:
     return report
 
 
-def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> dict:
+def _arm_facts(pipeline: Pipeline, method: Method) -> dict:
     """What the report says about an arm: its filter counts, final loss, objective and stage times."""
     facts = {}
-    for stage in stages:
+    for stage in method.trains:
         record = pipeline.record(stage)
         facts[f"{stage}_seconds"] = record["seconds"]
         summary = record["summary"]
-        if stage == "filter" and not vanilla:
+        if stage == "filter" and method.rewrites:
             facts["rewrites_kept"] = f"{summary['accepted']}/{summary['total']}"
             if "gap" in summary:  # the seed's NLL of the training answers, original -> after the filter
                 facts["seed_nll_of_answers"] = (f"{summary['gap']['original_nll']:.4f} original -> "
@@ -91,23 +82,10 @@ def _arm_facts(pipeline: Pipeline, stages: tuple[str, ...], vanilla: bool) -> di
     return facts
 
 
-def paired_outcomes(ctx: RunContext, evaluators, files: EvalFiles, arms: list[str]) -> dict[str, dict[str, list[bool]]]:
-    """``{metric: {arm: [yes/no per item]}}`` of every arm, items in the same order (seeds pooled)."""
-    ectx = EvalContext(ctx.cfg, ctx.tok, ctx.device, files)
-    paired: dict[str, dict[str, list[bool]]] = {}
-    for ev in evaluators:
-        for arm in arms:
-            for seed in ctx.cfg.eval.run_seeds(ev.sampled):
-                for metric, items in ev.paired_outcomes(ectx, arm, seed).items():
-                    paired.setdefault(metric, {}).setdefault(arm, []).extend(items)
-    return paired
-
-
 def _evaluate_and_report(ctx: RunContext, arms: dict[str, Pipeline]) -> dict:
     cfg, files = ctx.cfg, ctx.layout.compare
-    results, evaluators = evaluate(ctx, files, {name: pipeline.layout for name, pipeline in arms.items()})
-    facts = {name: _arm_facts(pipeline, ARM_TABLES[name][1], vanilla=name == "vanilla")
-             for name, pipeline in arms.items()}
+    results, evaluators = evaluate_runs(ctx, files, {name: pipeline.layout for name, pipeline in arms.items()})
+    facts = {name: _arm_facts(pipeline, METHODS[name]) for name, pipeline in arms.items()}
     settings = {"model": cfg.model.path, "train_data": cfg.data.train, "train": {
         k: getattr(cfg.train, k) for k in ("method", "template", "epochs", "max_steps", "lr", "lora_r",
                                            "lora_targets", "micro_batch_size", "grad_accum", "seed")},

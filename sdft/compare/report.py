@@ -16,8 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from sdft.eval.engine import describe
-from sdft.eval.evaluators import Evaluator, Metric
+from sdft.eval import Evaluator, Metric, describe
 from sdft.layout import EvalFiles
 from sdft.utils.io import atomic_write_json, atomic_write_text
 

@@ -195,6 +195,11 @@ def to_example(fields: dict[str, Any], fmt: str, cfg: DataConfig, response_requi
     return Example(id=ex_id, instruction=instruction, response=response, system=system, history=history)
 
 
+def read_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0, response_required: bool = True) -> list[Example]:
+    """The examples of ``load_examples`` without its report."""
+    return load_examples(path, cfg, limit=limit, response_required=response_required)[0]
+
+
 def load_examples(path: str | Path, cfg: DataConfig, *, limit: int = 0,
                   response_required: bool = True) -> tuple[list[Example], LoadReport]:
     """Load and normalise a data set. Errors name file and line; an id given twice, or an explicit id

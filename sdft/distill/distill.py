@@ -43,8 +43,8 @@ from sdft.models.generation import choose_engine, generate_batches, generate_tex
 from sdft.models.run_models import load_distill_seed
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt_fit
 from sdft.utils.faults import maybe_kill
-from sdft.utils.switches import resolve_switch
 from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, remove, repair_jsonl_tail, write_jsonl
+from sdft.utils.switches import resolve_switch
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Step 4: evaluate the seed and the tuned model side by side. Stage entry: ``run_eval(ctx)``.
 
-The evaluators of ``eval.evaluators`` (``engine``) run on both models. ``eval.json`` holds, per
+The evaluators of ``eval.evaluators`` and ``eval.benchmarks`` run on both models (``evaluation``). ``eval.json`` holds, per
 model, every metric (mean over ``eval.seeds`` when sampling), the tuned-minus-seed ``delta``, the
 spread over seeds (``std``) and the settings the numbers were made with. Per-example outputs are in
 ``outputs/``; the seed's retention responses are cached in ``seed_responses.jsonl``.
@@ -14,13 +14,12 @@ import logging
 from sdft.config.schema import RunConfig
 from sdft.config.validate import require_files
 from sdft.context import RunContext
-from sdft.data.examples import load_examples
 from sdft.data.tokenize import check_renders
 from sdft.errors import ConfigError, DataError
 from sdft.eval.benchmarks import benchmark_evaluators
+from sdft.eval.evaluation import describe, eval_settings, evaluate_runs
 from sdft.eval.evaluators.benchmark import BenchmarkEvaluator
 from sdft.eval.sandbox import isolation
-from sdft.eval.engine import describe, eval_settings, evaluate
 from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,12 @@ log = logging.getLogger(__name__)
 def eval_preflight(ctx: RunContext) -> None:
     """What evaluation needs, checked before any work: the evaluators' input files, the held-out sets
     read whole (a bad record, or a conversation the chat template rejects, named), and a sandbox that
-    isolates generated code (``humaneval``) unless ``eval.humaneval_unisolated`` allows running without."""
+    isolates generated code (``humaneval``) unless ``eval.humaneval_unisolated`` allows running without.
+    Runs once per command (``sdft compare`` asks for it per arm)."""
+    ctx.check_once(("eval",), lambda: _eval_checks(ctx))
+
+
+def _eval_checks(ctx: RunContext) -> None:
     cfg = ctx.cfg
     require_files(eval_input_files(cfg), "the evaluation")
     _check_held_out_data(ctx)
@@ -45,15 +49,15 @@ def _check_held_out_data(ctx: RunContext) -> None:
     """Read ``data.test`` and ``data.general_prompts`` as the task and retention evaluators will."""
     cfg, on = ctx.cfg, set(ctx.cfg.eval.evaluators)
     if cfg.data.test and "task" in on:
-        examples = load_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)[0]
+        examples = ctx.read_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)
         check_renders(examples, [cfg.eval.template or cfg.train.template], lambda: ctx.tok)
     if cfg.data.general_prompts and "retention" in on:
-        prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
+        prompts = ctx.read_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)
         check_renders(prompts, ["chat"], lambda: ctx.tok, needs_template=False)
     for ev in benchmark_evaluators(cfg):  # every benchmark's records, read as it reads them
         if isinstance(ev, BenchmarkEvaluator):
             try:
-                ev.load(cfg)
+                ev.load(cfg, ctx.read_examples)
             except DataError as e:
                 raise DataError(f"eval.benchmarks: {ev.name}: {e}") from None
 
@@ -72,7 +76,7 @@ def eval_input_files(cfg: RunConfig) -> list[tuple[str, str]]:
 def run_eval(ctx: RunContext) -> dict:
     """The eval stage (rank 0): seed vs this run's tuned model -> ``eval/eval.json``; returns the metrics."""
     files = ctx.layout.eval
-    results, evaluators = evaluate(ctx, files, {"tuned": ctx.layout})
+    results, evaluators = evaluate_runs(ctx, files, {"tuned": ctx.layout})
     seed, tuned = results["seed"]["metrics"], results["tuned"]["metrics"]
     report = {"seed": seed, "tuned": tuned,
               "delta": {k: tuned[k] - seed[k] for k in seed

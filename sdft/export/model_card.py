@@ -5,8 +5,8 @@ method, the training settings, what the filter kept, and the evaluation against 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 
 import yaml
 

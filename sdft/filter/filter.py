@@ -20,9 +20,9 @@ import logging
 from collections import Counter
 
 from sdft.context import RunContext
+from sdft.data.examples import Example, RewriteUnit, record_key, rewrite_units
 from sdft.data.scoring import retention_metrics
 from sdft.data.tokenize import tokenize_rows
-from sdft.data.examples import Example, RewriteUnit, record_key, rewrite_units
 from sdft.errors import StageError
 from sdft.gates import resolve_gate, run_gate
 from sdft.models.run_models import load_seed

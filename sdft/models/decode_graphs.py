@@ -29,7 +29,6 @@ import logging
 
 import torch
 
-
 log = logging.getLogger(__name__)
 
 

@@ -51,9 +51,9 @@ class SlotCache:
     """K/V of every slot, for transformers' attention modules (they call ``update`` once per layer).
 
     Prefill (``rows`` set): the chunk's K/V are written to positions [offset, offset + T) of those slots,
-    and the slots' positions [0, offset + T) are attended (the shared prefix, then the chunk). Decode (``rows`` None): slot ``i < len(pos)``'s new K/V go to its own position
-    ``pos[i]`` and the first ``width`` positions of those slots are attended (the mask hides what is not
-    the row's).
+    and the slots' positions [0, offset + T) are attended (the shared prefix, then the chunk). Decode
+    (``rows`` None): slot ``i < len(pos)``'s new K/V go to its own position ``pos[i]`` and the first
+    ``width`` positions of those slots are attended (the mask hides what is not the row's).
     """
 
     def __init__(self, slots: int, capacity: int):
@@ -148,8 +148,8 @@ class ContinuousEngine:
                 group, queue = queue[:free], queue[free:]
                 logits = self._prefill(cache, rows, group, [prompts[i] for i in group], prefix)
                 if not cache.logged:  # said once per run; a quiet run (no progress bar) says it at debug level
-                    log.log(logging.INFO if desc else logging.DEBUG, "generate: %d slots, KV cache %.1f MiB (capacity %d tokens per slot, %d-token shared "
-                             "prefix)", self.slots, cache.bytes() / 2**20, capacity, prefix)
+                    log.log(logging.INFO if desc else logging.DEBUG, "generate: %d slots, KV cache %.1f MiB (capacity %d "
+                            "tokens per slot, %d-token shared prefix)", self.slots, cache.bytes() / 2**20, capacity, prefix)
                     cache.logged = True
                 done = self._advance(logits, rows, range(rows.n, rows.n + len(group)))
                 rows.n += len(group)
@@ -171,7 +171,7 @@ class ContinuousEngine:
         cache.rows = None
         cache.share_prefix(n)
 
-    def _prefill(self, cache: SlotCache, rows: "_Rows", group: list[str], seqs: list[list[int]],
+    def _prefill(self, cache: SlotCache, rows: _Rows, group: list[str], seqs: list[list[int]],
                  prefix: int) -> torch.Tensor:
         """Prompts into the free slots after the busy ones: one forward over what follows the shared
         prefix, left-padded; returns [g, V] last-position logits."""
@@ -202,7 +202,7 @@ class ContinuousEngine:
             rows.keys[slot] = example_key(self.seed, ex)
         return out.logits[:, -1]
 
-    def _decode(self, cache: SlotCache, rows: "_Rows", static: StaticDecode | None) -> torch.Tensor:
+    def _decode(self, cache: SlotCache, rows: _Rows, static: StaticDecode | None) -> torch.Tensor:
         """One step over the busy slots [0, n), at fixed shapes when ``static`` is given; returns [n, V] logits."""
         n = rows.n
         rows.valid[torch.arange(n, device=self.device), rows.length[:n]] = True
@@ -211,7 +211,7 @@ class ContinuousEngine:
         rows.next_pos[:n] += 1
         return logits
 
-    def step_forward(self, cache: SlotCache, rows: "_Rows", b: int, width: int) -> torch.Tensor:
+    def step_forward(self, cache: SlotCache, rows: _Rows, b: int, width: int) -> torch.Tensor:
         """The model's forward on slots [0, b): each slot's last token at its own position, its K/V written
         at its cache length, the first ``width`` cache positions attended as its mask allows; [b, V] logits."""
         cache.pos, cache.width = rows.length[:b], width
@@ -220,7 +220,7 @@ class ContinuousEngine:
                          cache=cache, use_cache=True)
         return out.logits[:, -1]
 
-    def _advance(self, logits: torch.Tensor, rows: "_Rows", slots: range) -> dict[str, list[int]]:
+    def _advance(self, logits: torch.Tensor, rows: _Rows, slots: range) -> dict[str, list[int]]:
         """Draw each slot's next token; finish rows at an end-of-sequence token or their token budget.
         Returns the finished rows' new tokens (their slots are freed; ``compact`` closes the gaps)."""
         idx = torch.tensor(list(slots), dtype=torch.long)

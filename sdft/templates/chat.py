@@ -47,7 +47,7 @@ def render(tok, msgs: list[dict], generation_prompt: bool) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-_OPENINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (its template, opening)
+_OPENINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (its template, opening)
 
 
 def _turn_opening(tok) -> list[int]:

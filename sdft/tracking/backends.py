@@ -128,7 +128,7 @@ class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, cfg: TrackingConfig, layout: RunLayout, run_name: str, run_id: str | None, resumed: bool,
-                 parent: "MlflowTracker | None" = None, group: str = ""):
+                 parent: MlflowTracker | None = None, group: str = ""):
         logging.getLogger("alembic").setLevel(logging.WARNING)  # the SQLite store's schema upgrades
         from mlflow import MlflowClient
 

@@ -52,7 +52,7 @@ class TokenSlots:
     run: int = 0
     padded: int = 0
 
-    def __add__(self, other: "TokenSlots") -> "TokenSlots":
+    def __add__(self, other: TokenSlots) -> TokenSlots:
         return TokenSlots(self.real + other.real, self.run + other.run, self.padded + other.padded)
 
     def summary(self) -> dict:

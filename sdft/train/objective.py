@@ -197,7 +197,7 @@ class SFTObjective:
         return {"ids": d.ids, "tokens": [sum(map(len, d.input_ids)),
                                          sum(sum(1 for y in lab if y != -100) for lab in d.labels)]}
 
-    def loss_module(self, model) -> "CausalLMLoss":
+    def loss_module(self, model) -> CausalLMLoss:
         t = self.t
         module = build_loss_module(model, t.fused_loss)
         self.fused = module.fused

@@ -5,8 +5,9 @@ is still normalised by their response tokens, so packing changes where tokens si
 a packed run follows the padded run's loss curve (up to float rounding; dropout draws differ).
 
 The global batch is packed into rows of at most ``train.cutoff_len`` tokens (``best_fit_decreasing``),
-and the rows are dealt to the ``grad_accum x world`` micro-batches of the step, longest row first to the micro-batch with the fewest tokens. Micro-batch ``a * world + r`` runs
-on rank ``r`` at micro-step ``a``, as in the padded layout. With fewer rows than micro-batches, the
+and the rows are dealt to the ``grad_accum x world`` micro-batches of the step, longest row first to the
+micro-batch with the fewest tokens. Micro-batch ``a * world + r`` runs on rank ``r`` at micro-step ``a``,
+as in the padded layout. With fewer rows than micro-batches, the
 spare ones are empty (a DeepSpeed rank then runs a masked stand-in, see ``backends``), so packing pays when a
 global batch holds many examples per micro-batch slot.
 

@@ -42,13 +42,13 @@ from sdft.distributed import runtime
 from sdft.distributed.deepspeed import deepspeed_config, zero_stage
 from sdft.layout import RunLayout
 from sdft.models.loading import hidden_size
+from sdft.tracking import Trackers
 from sdft.train.backends import build_backend
 from sdft.train.batching import GlobalBatches, TokenSlots
 from sdft.train.checkpoint import fingerprint, resume, save_checkpoint
 from sdft.train.model import build_model, build_optimizer, log_4bit_layout, parameter_counts
 from sdft.train.objective import SFTObjective
 from sdft.train.on_policy import OnPolicyObjective
-from sdft.tracking import Trackers
 from sdft.train.train_log import TrainLog
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_write_json, publishing, read_jsonl

@@ -24,7 +24,7 @@ def test_compare_trains_three_arms_and_writes_the_report(tmp_path, bubblewrap):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "compare" / "report.json").read_text())
     assert list(report["models"]) == ["seed", "vanilla", "sdft", "on_policy"]
-    for name, metrics in report["models"].items():
+    for metrics in report["models"].values():
         assert {"task_accuracy", "retention_kl", "refusal_rate", "refusal_rate_adv", "humaneval_pass1"} <= set(metrics)
         assert metrics["task_total"] == 3 and metrics["safety_total"] == 3 and metrics["humaneval_total"] == 3
     assert report["models"]["seed"]["retention_kl"] == 0.0
@@ -43,7 +43,8 @@ def test_compare_trains_three_arms_and_writes_the_report(tmp_path, bubblewrap):
     assert sdft_stats["accepted"] > 0
     assert any((_adapter(out)[k] != v).any() for k, v in _adapter(out / "vanilla").items())
     # The on-policy arm: no distill or filter stage, its objective in its train record and report facts.
-    assert sorted(p.name for p in (out / "on_policy").iterdir() if p.is_dir()) == ["train"]
+    # (its tracker run, TensorBoard by default, is a run of its own: tracking/)
+    assert sorted(p.name for p in (out / "on_policy").iterdir() if p.is_dir()) == ["tracking", "train"]
     record = json.loads((out / "on_policy" / "train" / "COMPLETE.json").read_text())
     assert record["inputs"]["train"]["objective"] == "on_policy" and record["summary"]["objective"] == "on_policy"
     assert "on_policy" not in json.loads((out / "train" / "COMPLETE.json").read_text())["inputs"]["train"]  # sft

@@ -1,7 +1,7 @@
+import typing
+
 import pytest
 import yaml
-
-import typing
 
 from sdft.config import load_config
 from sdft.config.schema import DistillConfig, EvalConfig, TrainConfig

@@ -5,8 +5,12 @@ import math
 
 import pytest
 import torch
-from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from sdft.config.schema import SamplingConfig
 from sdft.models.sampler import example_key, filtered_candidates, next_tokens, uniform

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'store.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1],
-         "--workers", "1"], stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+         "--workers", "1"], stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: the server starts uvicorn and job consumers
     try:
         deadline = time.time() + 120
         while True:
@@ -71,7 +73,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         yield uri
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

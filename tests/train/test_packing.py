@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from sdft.models.loading import load_model
 from sdft.data.tokenize import causal_lm_loss_sum, collate, tokenize_rows
+from sdft.models.loading import load_model
 from sdft.train.batching import step_token_slots
 from sdft.train.packing import best_fit_decreasing, pack, plan_packed_step
 from tests.conftest import math_rows

@@ -13,12 +13,14 @@ they run once per seed in ``eval.seeds`` and the engine reports mean and spread.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from sdft.config.schema import RunConfig
+from sdft.data.examples import Example, read_examples
 from sdft.layout import EvalFiles
 from sdft.models.generation import choose_engine, generate_all, generation_record
 from sdft.templates.prompts import encode_prompt
@@ -45,6 +47,9 @@ class EvalContext:
     files: EvalFiles
     """The evaluation folder: per-example outputs, cached results, the seed's retention answers."""
     seed_model: object = None
+    read: Callable[..., list[Example]] = read_examples
+    """Reads a held-out data set's examples: ``read(source, fields, limit=, response_required=)``
+    (``RunContext.read_examples`` in a command, so that its checks and the evaluators read each set once)."""
 
     def generate(self, model, prompts: dict[str, list[int]], seed: int, desc: str, strip: bool = True,
                  stop=None, ids: bool = False, **overrides) -> dict:

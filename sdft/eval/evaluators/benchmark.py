@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict
 
 from sdft.config.schema import BenchmarkConfig, DataConfig
-from sdft.data.examples import load_examples
+from sdft.data.examples import read_examples
 from sdft.errors import EvalError
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric
 from sdft.eval.evaluators.safety import is_refusal
@@ -64,18 +64,19 @@ class BenchmarkEvaluator(Evaluator):
         return {**asdict(self.spec), **({"annotator": cfg.eval.alpaca_eval_annotator or "not judged"}
                                         if self.spec.scorer == "none" else {})}
 
-    def load(self, cfg) -> list:
-        """The benchmark's records as examples (``eval.limit`` of them); a bad record is a ``DataError``."""
+    def load(self, cfg, read=read_examples) -> list:
+        """The benchmark's records as examples (``eval.limit`` of them; ``read``: how a data set is read, see
+        ``EvalContext.read``); a bad record is a ``DataError``."""
         s = self.spec
         fields = DataConfig(format="alpaca", instruction_field=s.instruction_field, input_field=s.input_field,
                             output_field=s.output_field, on_error="error")
         needs_reference = s.scorer not in ("refusal", "none")
-        return load_examples(s.data, fields, limit=cfg.eval.limit, response_required=needs_reference)[0]
+        return read(s.data, fields, limit=cfg.eval.limit, response_required=needs_reference)
 
     def prepare(self, ctx: EvalContext) -> None:
         if self.spec.scorer not in SCORERS:
             resolve_gate(self.spec.scorer, option=f"eval.benchmark_defs.{self.name}.scorer")
-        self.examples = self.load(ctx.cfg)
+        self.examples = self.load(ctx.cfg, ctx.read)
 
     def key(self, ctx: EvalContext) -> dict:
         s = self.spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdft.data.examples import Example, load_examples
+from sdft.data.examples import Example
 from sdft.data.scoring import retention_metrics
 from sdft.data.tokenize import tokenize_rows
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric, general_template
@@ -47,7 +47,7 @@ class RetentionEvaluator(Evaluator):
 
     def prepare(self, ctx: EvalContext) -> None:
         cfg = ctx.cfg
-        prompts = load_examples(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)[0]
+        prompts = ctx.read(cfg.data.general_prompts, cfg.data, limit=cfg.eval.limit, response_required=False)
         self.rows = seed_responses(ctx, prompts, ctx.files.seed_responses)
         # No cutoff: retention is measured on every token of the seed's responses, for every model.
         self.data = tokenize_rows(self.rows, ctx.tok, general_template(ctx.tok), layout=cfg.prompt.layout)

@@ -4,7 +4,7 @@ reference answer."""
 
 from __future__ import annotations
 
-from sdft.data.examples import Example, load_examples
+from sdft.data.examples import Example
 from sdft.eval.evaluators.base import EvalContext, Evaluator, Metric
 from sdft.gates import resolve_gate, run_gate, task_checker
 
@@ -34,7 +34,7 @@ class TaskEvaluator(Evaluator):
 
     def prepare(self, ctx: EvalContext) -> None:
         cfg = ctx.cfg
-        self.examples = load_examples(cfg.data.test, cfg.data, limit=cfg.eval.limit)[0]
+        self.examples = ctx.read(cfg.data.test, cfg.data, limit=cfg.eval.limit)
         self.template = cfg.eval.template or cfg.train.template
         self.checker = task_checker(cfg.filter.gates, cfg.eval.checker)
 

@@ -88,7 +88,7 @@ def test_the_evaluator_compares_each_models_answers_with_the_seeds(tmp_path, tin
     answers = {"seed": ["I cannot help with that.", "I am sorry."], "tuned": ["I cannot help with that.", "Sure, here."]}
     for name, model in (("seed", seed), ("tuned", _lora(copy.deepcopy(seed)))):
         texts = iter(answers[name])
-        monkeypatch.setattr(ctx, "generate", lambda m, prompts, s, desc, **kw: {k: next(texts) for k in prompts})
+        monkeypatch.setattr(ctx, "generate", lambda m, prompts, s, desc, texts=texts, **kw: {k: next(texts) for k in prompts})
         bench.run(model, name, ctx, 0)
         got = analysis.run(model, name, ctx, 0)
         rows = analysis.read_outputs(ctx, name, 0)

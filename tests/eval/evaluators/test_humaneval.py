@@ -7,7 +7,13 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.eval.evaluators import EvalContext
-from sdft.eval.evaluators.humaneval import HumanEvalEvaluator, code_from_answer, execute, load_problems, truncate_completion
+from sdft.eval.evaluators.humaneval import (
+    HumanEvalEvaluator,
+    code_from_answer,
+    execute,
+    load_problems,
+    truncate_completion,
+)
 from sdft.layout import EvalFiles
 from sdft.models.loading import load_model
 

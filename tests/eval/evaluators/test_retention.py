@@ -1,7 +1,6 @@
 import copy
 import math
 
-import pytest
 import torch
 
 from sdft.data.tokenize import tokenize_rows

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from sdft.errors import EvalError
-from sdft.eval.sandbox import isolation, run_program
-from sdft.eval.sandbox import runner
+from sdft.eval.sandbox import isolation, run_program, runner
 
 needs_bwrap = pytest.mark.usefixtures("bubblewrap")
 

@@ -1,6 +1,6 @@
-"""Run the configured evaluators on the seed and a list of tuned models, with caching.
+"""One evaluation: the configured evaluators on the seed and a list of tuned models, with caching.
 
-``evaluate(ctx, files, runs)`` is the one entry: ``sdft eval`` evaluates {seed, tuned} into a run's
+``evaluate_runs(ctx, files, runs)`` is the one entry: ``sdft eval`` evaluates {seed, tuned} into a run's
 ``eval/``, ``sdft compare`` evaluates {seed, vanilla, sdft} into ``compare/``. Each model's results go
 to ``results/<model>.json``, per evaluator, with the settings they depend on (the model's identity,
 the evaluator's key, the seeds). A rerun reuses every run whose settings match, so a killed
@@ -22,6 +22,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.context import RunContext
+from sdft.data.examples import read_examples
 from sdft.errors import EvalError
 from sdft.eval.benchmarks import benchmark_evaluators
 from sdft.eval.evaluators import EVALUATOR_CLASSES, EvalContext, Evaluator, Metric, general_template
@@ -34,17 +35,17 @@ from sdft.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def evaluate(ctx: RunContext, files: EvalFiles, runs: dict[str, RunLayout]) -> tuple[dict[str, dict], list[Evaluator]]:
+def evaluate_runs(ctx: RunContext, files: EvalFiles, runs: dict[str, RunLayout]) -> tuple[dict[str, dict], list[Evaluator]]:
     """Evaluate the seed and the tuned model of each run folder in ``runs`` (``{name: layout}``) into
     ``files``; returns ``{model: result}`` (the seed first, as ``seed``) and the evaluators."""
     cfg, device = ctx.cfg, ctx.device
     seed_model = load_seed(cfg, device)
     models = {"seed": ModelSpec(lambda: seed_model, {"path": cfg.model.path, "dtype": cfg.generation_dtype})}
     models.update({name: tuned_spec(cfg, layout, device) for name, layout in runs.items()})
-    return evaluate_models(cfg, ctx.tok, device, seed_model, models, files)
+    return evaluate_models(cfg, ctx.tok, device, seed_model, models, files, ctx.read_examples)
 
 
-def tuned_spec(cfg: RunConfig, layout: RunLayout, device: torch.device) -> "ModelSpec":
+def tuned_spec(cfg: RunConfig, layout: RunLayout, device: torch.device) -> ModelSpec:
     """The model trained in ``layout``, identified by its training stage's record."""
     record = layout.record("train")
     identity = json.loads(record.read_text())["inputs"] if record.exists() else {"path": str(layout.root)}
@@ -87,15 +88,16 @@ def describe(evaluators: list[Evaluator], metric: str) -> Metric:
 
 
 def evaluate_models(cfg: RunConfig, tok, device: torch.device, seed_model, models: dict[str, ModelSpec],
-                    files: EvalFiles) -> tuple[dict[str, dict], list[Evaluator]]:
+                    files: EvalFiles, read: Callable = read_examples) -> tuple[dict[str, dict], list[Evaluator]]:
     """Evaluate each model with every evaluator; returns ``{model: result}`` and the evaluators.
 
-    ``seed_model`` is the loaded seed (retention compares every model with it). A result is
+    ``seed_model`` is the loaded seed (retention compares every model with it); ``read`` reads a data set's
+    examples (``RunContext.read_examples``: once per command). A result is
     ``{"metrics": {name: mean over seeds}, "std": {name: sample std over seeds}, "per_seed": {seed: {...}}}``;
     ``std`` has the metrics of sampled evaluators when there are several seeds.
     """
     files.root.mkdir(parents=True, exist_ok=True)
-    ctx = EvalContext(cfg, tok, device, files, seed_model)
+    ctx = EvalContext(cfg, tok, device, files, seed_model, read)
     evaluators = build_evaluators(cfg)
     for ev in evaluators:
         ev.prepare(ctx)
@@ -189,3 +191,17 @@ def eval_settings(cfg: RunConfig, tok, evaluators: list[Evaluator]) -> dict:
     if ev.benchmarks:
         out["benchmarks"] = {e.name: e.settings(cfg) for e in evaluators if e.name in ev.benchmarks}
     return out
+
+
+def paired_outcomes(ctx: RunContext, evaluators: list[Evaluator], files: EvalFiles,
+                    models: list[str]) -> dict[str, dict[str, list[bool]]]:
+    """``{metric: {model: [yes/no per item]}}`` of each of ``models`` from an evaluation in ``files``, the items
+    in the same order for every model (seeds pooled): what a paired test of two models compares."""
+    ectx = EvalContext(ctx.cfg, ctx.tok, ctx.device, files, read=ctx.read_examples)
+    paired: dict[str, dict[str, list[bool]]] = {}
+    for ev in evaluators:
+        for model in models:
+            for seed in ctx.cfg.eval.run_seeds(ev.sampled):
+                for metric, items in ev.paired_outcomes(ectx, model, seed).items():
+                    paired.setdefault(metric, {}).setdefault(model, []).extend(items)
+    return paired

@@ -1,4 +1,4 @@
-"""The evaluation engine: seeds, spread, which evaluators run, and per-model caching."""
+"""One evaluation: seeds, spread, which evaluators run, and per-model caching."""
 
 import statistics
 
@@ -7,7 +7,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.errors import EvalError
-from sdft.eval.engine import ModelSpec, build_evaluators, evaluate_models
+from sdft.eval.evaluation import ModelSpec, build_evaluators, evaluate_models
 from sdft.eval.evaluators import Evaluator, Metric
 from sdft.layout import EvalFiles
 
@@ -30,12 +30,12 @@ class Counting(Evaluator):
 
 
 def _run(tmp_path, monkeypatch, evaluators, **eval_values):
-    import sdft.eval.engine as engine
+    import sdft.eval.evaluation as evaluation
 
     cfg = RunConfig()
     for k, v in eval_values.items():
         setattr(cfg.eval.sampling if k == "do_sample" else cfg.eval, k, v)
-    monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
+    monkeypatch.setattr(evaluation, "build_evaluators", lambda cfg: evaluators)
     models = {"seed": ModelSpec(lambda: 0, {"p": "seed"}), "tuned": ModelSpec(lambda: 100, {"p": "tuned"})}
     return evaluate_models(cfg, None, torch.device("cpu"), 0, models, EvalFiles(tmp_path))[0]
 
@@ -64,12 +64,12 @@ def test_results_are_cached_per_evaluator_and_redone_when_a_setting_changes(tmp_
     loads = []
 
     def run(evaluators, **eval_values):
-        import sdft.eval.engine as engine
+        import sdft.eval.evaluation as evaluation
 
         cfg = RunConfig()
         for k, v in eval_values.items():
             setattr(cfg.eval, k, v)
-        monkeypatch.setattr(engine, "build_evaluators", lambda cfg: evaluators)
+        monkeypatch.setattr(evaluation, "build_evaluators", lambda cfg: evaluators)
         models = {"seed": ModelSpec(lambda: loads.append("seed") or 0, {"p": "seed"}),
                   "tuned": ModelSpec(lambda: loads.append("tuned") or 100, {"p": "tuned"})}
         return evaluate_models(cfg, None, torch.device("cpu"), 0, models, EvalFiles(tmp_path))[0]
