@@ -35,7 +35,7 @@ from typing import Protocol
 
 import torch
 
-from sdft.config.schema import TrainConfig
+from sdft.config.schema import RunConfig, TrainConfig
 from sdft.data.tokenize import causal_lm_loss_sum, collate, tokenize_rows
 from sdft.models.loading import attention_mask_for, causal_lm
 from sdft.train.batching import TokenSlots, step_token_slots
@@ -62,8 +62,15 @@ class StepBatches:
 class Objective(Protocol):
     """What a training objective gives the recipe. It owns its training examples (``len`` of them)."""
 
+    name: str
+    """Its ``train.objective`` name."""
     skipped_overlength: list[str]
     """Ids of the examples left out for being longer than ``train.cutoff_len``."""
+
+    @classmethod
+    def build(cls, cfg: RunConfig, rows: list[dict], tok, world: int, rank: int, device: torch.device,
+              zero_stage: int | None) -> Objective:
+        """The objective for ``rows`` on this rank (the recipe's one way to make any objective)."""
 
     def __len__(self) -> int: ...
 
@@ -180,6 +187,8 @@ class SFTObjective:
     """Supervised fine-tuning: the summed cross-entropy of the response tokens, normalised by the global
     batch's response tokens; micro-batches padded, or packed with ``train.packing``."""
 
+    name = "sft"
+
     def __init__(self, t: TrainConfig, rows: list[dict], tok, world: int, rank: int, layout: str = "paper"):
         data = tokenize_rows(rows, tok, t.template, t.cutoff_len, t.overlength, t.loss_turns, layout)
         self.t, self.data, self.pad_id, self.world, self.rank = t, data, tok.pad_token_id, world, rank
@@ -188,6 +197,11 @@ class SFTObjective:
         self.targets = data.response_tokens()
         self.lengths = [len(ids) for ids in data.input_ids]
         self.fused = self.packing = False
+
+    @classmethod
+    def build(cls, cfg: RunConfig, rows: list[dict], tok, world: int, rank: int, device: torch.device,
+              zero_stage: int | None) -> SFTObjective:
+        return cls(cfg.train, rows, tok, world, rank, cfg.prompt.layout)
 
     def __len__(self) -> int:
         return len(self.data)

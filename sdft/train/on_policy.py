@@ -141,6 +141,8 @@ class SelfDistillationLoss(torch.nn.Module):
 class OnPolicyObjective:
     """On-policy self-distillation (see the module docstring); the recipe drives it like ``SFTObjective``."""
 
+    name = "on_policy"
+
     def __init__(self, cfg: RunConfig, rows: list[dict], tok, world: int, rank: int, device: torch.device,
                  zero_stage: int | None):
         self.cfg, self.t, self.o, self.tok = cfg, cfg.train, cfg.train.on_policy, tok
@@ -155,6 +157,11 @@ class OnPolicyObjective:
         self.packing = False  # the samples are only known at the step: micro-batches are padded
         self.engine = "hf"
         self.teacher: Teacher | None = None
+
+    @classmethod
+    def build(cls, cfg: RunConfig, rows: list[dict], tok, world: int, rank: int, device: torch.device,
+              zero_stage: int | None) -> OnPolicyObjective:
+        return cls(cfg, rows, tok, world, rank, device, zero_stage)
 
     def __len__(self) -> int:
         return len(self.pairs)

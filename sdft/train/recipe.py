@@ -47,7 +47,7 @@ from sdft.train.backends import build_backend
 from sdft.train.batching import GlobalBatches, TokenSlots
 from sdft.train.checkpoint import fingerprint, resume, save_checkpoint
 from sdft.train.model import build_model, build_optimizer, log_4bit_layout, parameter_counts
-from sdft.train.objective import SFTObjective
+from sdft.train.objective import Objective, SFTObjective
 from sdft.train.on_policy import OnPolicyObjective
 from sdft.train.train_log import TrainLog
 from sdft.utils.faults import maybe_kill
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 def run_train(ctx: RunContext) -> dict:
-    """The train stage (every rank): fine-tune on the filter stage's rows."""
+    """The train stage (every rank): fine-tune with the SFT objective on the filter stage's rows."""
     return train(ctx.cfg, read_jsonl(ctx.layout.filtered), ctx.layout, ctx.tok, ctx.device, ctx.trackers)
 
 
@@ -65,15 +65,17 @@ def run_train_on_policy(ctx: RunContext) -> dict:
     """The train stage of on-policy self-distillation (every rank): the task data as it is, each
     reference answer the teacher's demonstration."""
     rows = [ex.to_dict() for ex in ctx.train_examples()[0]]
-    return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device, ctx.trackers)
+    return train(ctx.cfg, rows, ctx.layout, ctx.tok, ctx.device, ctx.trackers, OnPolicyObjective)
 
 
 def train(cfg: RunConfig, rows: list[dict], layout: RunLayout, tok, device: torch.device,
-          trackers: Trackers | None = None) -> dict:
-    """Fine-tune the seed on ``rows`` ({id, instruction, response, system}) into ``layout``; returns the
-    summary; each logged step also goes to ``trackers``. Call it on every rank with the same arguments
-    (the launcher sets RANK / WORLD_SIZE)."""
-    recipe = TrainRecipe(cfg, layout, tok, device, trackers)
+          trackers: Trackers | None = None, objective: type[Objective] = SFTObjective) -> dict:
+    """Fine-tune the seed with ``objective`` on ``rows`` ({id, instruction, response, system}) into
+    ``layout``; returns the summary; each logged step also goes to ``trackers``. Call it on every rank
+    with the same arguments (the launcher sets RANK / WORLD_SIZE)."""
+    if objective.name != cfg.train.objective:  # the stage table and the config disagree: a bug, never a choice
+        raise ValueError(f"train(): objective {objective.name} with train.objective={cfg.train.objective}")
+    recipe = TrainRecipe(cfg, layout, tok, device, trackers, objective)
     recipe.setup(rows)
     return recipe.train()
 
@@ -87,8 +89,10 @@ def seed_everything(seed: int) -> None:
 class TrainRecipe:
     """One training run into ``layout``'s ``train/`` folder (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, layout: RunLayout, tok, device: torch.device, trackers: Trackers | None = None):
+    def __init__(self, cfg: RunConfig, layout: RunLayout, tok, device: torch.device, trackers: Trackers | None = None,
+                 objective: type[Objective] = SFTObjective):
         self.cfg, self.t, self.layout, self.tok, self.device = cfg, cfg.train, layout, tok, device
+        self.objective_type = objective
         self.trackers = trackers or Trackers([])
         self.world, self.rank = runtime.world_size(), runtime.rank()
 
@@ -99,11 +103,8 @@ class TrainRecipe:
         name = t.deepspeed or ("zero1" if runtime.is_distributed() else "")
         self.ds = (deepspeed_config(name, "train.deepspeed", self.cfg, self.world, hidden_size(self.cfg.model.path))
                    if name else None)
-        if t.objective == "on_policy":
-            self.objective = OnPolicyObjective(self.cfg, rows, self.tok, self.world, self.rank, self.device,
-                                               zero_stage(self.ds) if self.ds else None)
-        else:
-            self.objective = SFTObjective(t, rows, self.tok, self.world, self.rank, self.cfg.prompt.layout)
+        self.objective = self.objective_type.build(self.cfg, rows, self.tok, self.world, self.rank, self.device,
+                                                   zero_stage(self.ds) if self.ds else None)
         self.model = build_model(self.cfg, self.device, self.ds)
         module = self.objective.loss_module(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
