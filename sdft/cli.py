@@ -9,6 +9,7 @@
     sdft compare CONFIG.yaml [key=value ...]   vanilla FT vs SDFT from one config -> compare/report.md
     sdft export  CONFIG.yaml [key=value ...]   merged safetensors model in <output_dir>/export/model
     sdft config  CONFIG.yaml [key=value ...]   print the resolved config and exit
+    sdft plan    CONFIG.yaml [key=value ...] --gpus N --gpu NAME|MEMORY   model states per rank by ZeRO setting
 
 Overrides use dotted keys: ``sdft run examples/tiny.yaml train.lr=2e-4 output_dir=runs/x``.
 
@@ -37,6 +38,7 @@ COMMANDS = {
     "export": ("export",),
     "compare": (),
     "config": (),
+    "plan": (),
 }
 
 
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"{name} (see docs/commands.md)")
         s.add_argument("config", help="YAML config file")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-4")
-        if name != "config":
+        if name == "plan":
+            s.add_argument("--gpus", type=int, default=1, help="GPUs per node (default 1)")
+            s.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+            s.add_argument("--gpu", default="H100", help="a card's name (docs/plan.md) or its memory, e.g. 48GiB")
+        elif name != "config":
             s.add_argument("--force", action="store_true",
                            help="redo the stage(s) from scratch, deleting their previous output")
     return p
@@ -84,6 +90,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
+    if args.command == "plan":
+        return run_plan(cfg, args)
 
     from sdft.compare.compare import check_compare, run_compare
     from sdft.context import RunContext
@@ -118,6 +126,19 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     ctx.close_tracking()
     runtime.teardown()
+    return 0
+
+
+def run_plan(cfg, args: argparse.Namespace) -> int:
+    """``sdft plan``: the model states of ``cfg`` per rank on ``--nodes`` x ``--gpus`` cards ``--gpu``."""
+    from sdft.errors import ConfigError
+    from sdft.plan.cards import card
+    from sdft.plan.plan import load_shape, plan, render
+
+    if args.gpus < 1 or args.nodes < 1:
+        raise ConfigError(f"--gpus {args.gpus} --nodes {args.nodes}: expected 1 or more of each")
+    gpu = card(args.gpu)
+    print(render(plan(cfg, load_shape(cfg), gpu, args.gpus, args.nodes)))
     return 0
 
 

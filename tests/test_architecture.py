@@ -14,7 +14,7 @@ LAYERS = [
     ["sdft.data", "sdft.distributed", "sdft.models", "sdft.tracking"],
     ["sdft.context", "sdft.run_record", "sdft.run_folder"],
     ["sdft.distill", "sdft.filter", "sdft.train", "sdft.eval", "sdft.export"],
-    ["sdft.pipeline", "sdft.compare"],
+    ["sdft.pipeline", "sdft.compare", "sdft.plan"],
     ["sdft.cli", "sdft.__main__"],
 ]
 STAGES = {"sdft.distill", "sdft.filter", "sdft.train", "sdft.eval", "sdft.export"}

@@ -1,0 +1,93 @@
+"""Model-state memory per rank: weights, gradients and optimizer states under ZeRO 0-3 and CPU offload,
+for full fine-tuning, LoRA and QLoRA.
+
+The accounting is DeepSpeed's (mixed precision with Adam): a trainable parameter costs 2 bytes for its
+16-bit copy and 18 for the rest (16-bit and 32-bit gradients, the 32-bit master copy, Adam's two moments),
+which ZeRO partitions over the ranks: stage 1 the 32-bit states, stage 2 the gradients too, stage 3 the
+16-bit weights as well (a rank then holds its share plus the largest module, gathered for its forward).
+For full fine-tuning under ZeRO-2 and ZeRO-3 the figures equal DeepSpeed's own estimators
+(``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``), CPU side and its
+1.5x loading buffer included. LoRA and QLoRA add the frozen base, stored at its own width (QLoRA: 4-bit
+linear layers with their quantisation constants), replicated below ZeRO-3 and partitioned at ZeRO-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdft.plan.shape import ModelShape
+
+BUFFER = 1.5  # DeepSpeed's additional_buffer_factor: the CPU memory of loading and offload
+
+
+@dataclass(frozen=True)
+class ZeroSetting:
+    """A DeepSpeed ZeRO setting: ``stage`` 0-3, the optimizer states (and at stage 3 the weights) on the CPU."""
+
+    stage: int
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @property
+    def name(self) -> str:
+        offload = "+offload params" if self.offload_params else "+offload" if self.offload_optimizer else ""
+        return f"ZeRO-{self.stage}{offload}"
+
+
+@dataclass(frozen=True)
+class Bytes:
+    gpu: int
+    """Per rank."""
+    cpu: int
+    """Per node."""
+
+
+def trainable_states(trainable: int, largest_layer: int, setting: ZeroSetting, gpus_per_node: int,
+                     nodes: int = 1, zero_init: bool = True) -> Bytes:
+    """The model states of ``trainable`` parameters trained in mixed precision with Adam."""
+    world = gpus_per_node * nodes
+    s = setting
+    if s.stage <= 2:
+        sharded = {0: 18, 1: 12, 2: 18}[s.stage]  # what ZeRO partitions, of the 18 bytes
+        kept = {0: 0, 1: 6, 2: 0}[s.stage]  # ZeRO-1 keeps every gradient (16- and 32-bit) on each rank
+        if s.offload_optimizer:
+            return Bytes(2 * trainable, int(trainable * max(4 * world, 16) * BUFFER))
+        return Bytes(2 * trainable + kept * trainable + int(sharded * trainable / (world if s.stage else 1)),
+                     int(trainable * 4 * gpus_per_node * BUFFER))
+    largest = 4 * largest_layer
+    per_node = 1 / nodes
+    if s.offload_optimizer and s.offload_params:
+        cpu = trainable * 18 * per_node if zero_init else trainable * max(4 * gpus_per_node, 18 * per_node)
+        return Bytes(largest, int(cpu * BUFFER))
+    if s.offload_optimizer:
+        cpu = trainable * 16 * per_node if zero_init else trainable * max(4 * gpus_per_node, 16 * per_node)
+        return Bytes(largest + int(2 * trainable / world), int(cpu * BUFFER))
+    cpu = largest_layer * 4 * gpus_per_node if zero_init else trainable * 4 * gpus_per_node
+    return Bytes(largest + int(18 * trainable / world), int(cpu * BUFFER))
+
+
+def frozen_bytes(shape: ModelShape, method: str, weight_bytes: int, quant_double: bool = True) -> int:
+    """The frozen base of LoRA (``weight_bytes`` per parameter) or QLoRA (its linear layers but the LM
+    head in 4 bits with one float32 absmax per 64 weights, or with double quantisation an 8-bit absmax and
+    one float32 per 256 blocks; the rest at ``weight_bytes``); 0 for full fine-tuning."""
+    if method == "full":
+        return 0
+    if method == "lora":
+        return shape.total_params * weight_bytes
+    quantized = sum(i * o for n, (i, o) in shape.linear_params.items() if not n.endswith("lm_head"))
+    per_weight = 0.5 + (1 / 64 + 4 / (64 * 256) if quant_double else 4 / 64)
+    return int(quantized * per_weight) + (shape.total_params - quantized) * weight_bytes
+
+
+def model_states(shape: ModelShape, method: str, trainable: int, weight_bytes: int, setting: ZeroSetting,
+                 gpus_per_node: int, nodes: int = 1) -> Bytes:
+    """Weights, gradients and optimizer states per rank (GPU) and per node (CPU) for ``method`` (full,
+    lora, qlora) with ``trainable`` parameters."""
+    states = trainable_states(trainable, shape.largest_layer_params, setting, gpus_per_node, nodes)
+    frozen = frozen_bytes(shape, method, weight_bytes)
+    if setting.stage == 3:  # partitioned like the trainable weights; on the CPU with offloaded parameters
+        share = frozen // (gpus_per_node * nodes)
+        if setting.offload_params:
+            return Bytes(states.gpu, states.cpu + share * gpus_per_node)
+        return Bytes(states.gpu + share, states.cpu)
+    return Bytes(states.gpu + frozen, states.cpu)

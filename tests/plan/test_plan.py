@@ -1,0 +1,104 @@
+"""``sdft plan``'s model-state figures: DeepSpeed's own estimators for full fine-tuning, exact parameter
+and LoRA counts from the config alone, and the command on the tiny model and a 70B config."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from sdft.cli import main
+from sdft.plan.cards import CARDS, card
+from sdft.plan.memory import ZeroSetting, frozen_bytes, model_states, trainable_states
+from sdft.plan.shape import model_shape
+from tests.conftest import EXAMPLES
+
+
+@pytest.mark.parametrize("total, largest", [(107_328, 16_640), (6_738_415_616, 131_072_000),
+                                            (70_553_706_496, 1_050_673_152)])
+def test_full_fine_tuning_equals_deepspeeds_estimators(total, largest):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    for gpus, nodes, offload in itertools.product([1, 2, 8], [1, 4, 8], [False, True]):
+        cpu, gpu = estimate_zero2_model_states_mem_needs(total, gpus, nodes, offload)
+        got = trainable_states(total, largest, ZeroSetting(2, offload), gpus, nodes)
+        assert (got.gpu, got.cpu) == (gpu, cpu), (gpus, nodes, offload)
+        for params, zero_init in itertools.product([False, True] if offload else [False], [True, False]):
+            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, gpus, nodes, offload, params, zero_init)
+            got = trainable_states(total, largest, ZeroSetting(3, offload, params), gpus, nodes, zero_init)
+            assert (got.gpu, got.cpu) == (gpu, cpu), (gpus, nodes, offload, params, zero_init)
+
+
+def test_zero_stages_partition_more_and_more():
+    t, largest = 1_000_000_000, 100_000_000
+    gpu = [trainable_states(t, largest, ZeroSetting(s), 8).gpu for s in (0, 1, 2, 3)]
+    assert gpu == [20 * t, 2 * t + 6 * t + 12 * t // 8, 2 * t + 18 * t // 8, 4 * largest + 18 * t // 8]
+    assert gpu == sorted(gpu, reverse=True)
+
+
+def test_the_shape_counts_what_the_loaded_model_and_peft_count(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape.total_params == sum(p.numel() for p in model.parameters())
+    assert shape.largest_layer_params == max(p.numel() for p in model.parameters())
+    for targets, r in ((["q_proj", "v_proj"], 8), (["all-linear"], 4)):
+        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                              LoraConfig(r=r, target_modules="all-linear" if targets == ["all-linear"] else targets))
+        assert shape.lora_params(targets, r) == sum(p.numel() for p in lora.parameters() if p.requires_grad), targets
+
+
+def test_lora_and_qlora_keep_the_frozen_base_whole_below_zero3_and_partition_it_at_zero3(tiny_model_dir):
+    from transformers import AutoConfig
+
+    shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
+    base = frozen_bytes(shape, "lora", 2)
+    assert base == 2 * shape.total_params and frozen_bytes(shape, "full", 2) == 0
+    quantized = sum(i * o for n, (i, o) in shape.linear_params.items() if n != "lm_head")
+    assert frozen_bytes(shape, "qlora", 2) == int(quantized * (0.5 + 1 / 64 + 4 / (64 * 256))) + \
+        2 * (shape.total_params - quantized)
+    lora = shape.lora_params(["all-linear"], 8)
+    z2 = model_states(shape, "lora", lora, 2, ZeroSetting(2), 4)
+    z3 = model_states(shape, "lora", lora, 2, ZeroSetting(3), 4)
+    assert z2.gpu == trainable_states(lora, shape.largest_layer_params, ZeroSetting(2), 4).gpu + base
+    assert z3.gpu == trainable_states(lora, shape.largest_layer_params, ZeroSetting(3), 4).gpu + base // 4
+
+
+def test_cards_by_name_or_memory():
+    assert card("h100") is CARDS["h100"] and card("48GiB").memory_gib == 48
+    assert card("80GB").memory_gib == pytest.approx(80e9 / 2**30)
+    with pytest.raises(Exception, match="--gpu 'lots'"):
+        card("lots")
+
+
+def test_the_command_plans_the_tiny_model_and_a_70b_config(tmp_path, capsys):
+    assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--gpus", "2", "--gpu", "24GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "2 24.0 GiB card" in out and "ZeRO-3+offload params" in out and "not counted yet" in out
+    llama70 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+               "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+               "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(llama70))
+    assert main(["plan", str(EXAMPLES / "tiny.yaml"), f"model.path={tmp_path}", "model.dtype=bfloat16",
+                 "train.method=full", "--gpus", "8", "--nodes", "8", "--gpu", "H100"]) == 0
+    out = capsys.readouterr().out
+    assert "70,553.7M parameters" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith("ZeRO")}
+    assert rows["ZeRO-0"][-1] == "no" and rows["ZeRO-3"][-1] == "yes"  # 1.4 TB of states, or 1/64 of them
+
+
+def test_bad_cluster_sizes_are_refused(capsys):
+    assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--gpus", "0"]) == 2
+    assert "--gpus 0" in capsys.readouterr().err
+
+
+def test_no_weights_are_read(tiny_model_dir, monkeypatch):
+    """The plan needs config.json alone: loading weights would fail here."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights were read"))
+    assert model_shape(AutoConfig.from_pretrained(tiny_model_dir)).total_params > 0
+    assert torch.empty(0).device.type == "cpu"  # meta-device construction left the default device alone
