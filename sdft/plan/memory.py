@@ -91,3 +91,9 @@ def model_states(shape: ModelShape, method: str, trainable: int, weight_bytes: i
             return Bytes(states.gpu, states.cpu + share * gpus_per_node)
         return Bytes(states.gpu + share, states.cpu)
     return Bytes(states.gpu + frozen, states.cpu)
+
+
+def kv_cache_bytes(shape: ModelShape, slots: int, capacity: int, dtype_bytes: int) -> int:
+    """The generation engine's KV cache (``models/engine.py``), allocated once: per layer, K and V of
+    [slots, kv_heads, capacity, head_dim], capacity = the longest prompt + the new tokens."""
+    return shape.num_layers * 2 * slots * shape.num_kv_heads * capacity * shape.head_dim * dtype_bytes

@@ -102,3 +102,23 @@ def test_no_weights_are_read(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights were read"))
     assert model_shape(AutoConfig.from_pretrained(tiny_model_dir)).total_params > 0
     assert torch.empty(0).device.type == "cpu"  # meta-device construction left the default device alone
+
+
+def test_the_kv_cache_is_the_one_the_engine_allocates(tiny_model_dir, tiny_tok, monkeypatch):
+    import sdft.models.engine as engine
+    from sdft.config.schema import SamplingConfig
+    from sdft.models.loading import load_model
+    from sdft.plan.memory import kv_cache_bytes
+
+    caches = []
+    real = engine.SlotCache
+    monkeypatch.setattr(engine, "SlotCache", lambda *a: caches.append(real(*a)) or caches[-1])
+    model = load_model(str(tiny_model_dir), "float32", torch.device("cpu"))
+    prompts = {f"p{i}": tiny_tok(f"question {i} " * (i + 1))["input_ids"] for i in range(5)}
+    sampling = SamplingConfig(max_new_tokens=7)
+    list(engine.ContinuousEngine(model, tiny_tok, 3, sampling, 0).run_ids(prompts, desc=""))
+    from transformers import AutoConfig
+
+    shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
+    capacity = max(map(len, prompts.values())) + 7
+    assert caches and caches[0].bytes() == kv_cache_bytes(shape, 3, capacity, 4) > 0
