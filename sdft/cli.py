@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sdft.tracking.lazy import defer
+
+    defer("mlflow")  # before anything imports DeepSpeed, whose autotuner imports MLflow (sdft.tracking.lazy)
     args = build_parser().parse_args(argv)
     from sdft.errors import SdftError
     from sdft.run_record import setup_logging
