@@ -58,6 +58,29 @@ def tiny_tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
+def tiny_run_config(path: Path, **sections) -> Path:
+    """Write the tiny end-to-end run (6 math examples, 4 training steps with a checkpoint at 2, task and
+    retention evaluation) that the kill-and-rerun tests use to ``path``, each of ``sections`` merged into
+    its section; returns ``path``."""
+    import yaml
+
+    data = EXAMPLES / "data"
+    cfg = {"model": {"path": "builtin:tiny-llama"},
+           "data": {"train": str(data / "math_train.jsonl"), "test": str(data / "math_test.jsonl"),
+                    "general_prompts": str(data / "general_prompts.jsonl"), "instruction_field": "question",
+                    "output_field": "answer", "limit": 6},
+           "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 6}},
+           "filter": {"gates": ["ban_list", "math"]},
+           "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 1, "max_steps": 4, "save_every": 2,
+                     "lr": 1e-3, "cutoff_len": 512},
+           "eval": {"evaluators": ["task", "retention"], "limit": 2, "batch_size": 2,
+                    "sampling": {"max_new_tokens": 6}, "retention_max_new_tokens": 6}}
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def snapshot(root: Path, ignore: tuple[str, ...] = ("run_info", "config.yaml", ".sdft.lock")
              ) -> dict[str, tuple[int, int]]:
     """``{relative path: (mtime_ns, size)}`` of every file under ``root`` except the ``ignore``d top-level

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import EXAMPLES, REPRODUCIBLE_ENV
+from tests.conftest import REPRODUCIBLE_ENV, tiny_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +23,7 @@ FILES = ["distill/rewrites.jsonl", "filter/train.jsonl", "train/final/adapter_mo
 
 
 def _config(tmp_path: Path) -> Path:
-    data = EXAMPLES / "data"
-    cfg = {"model": {"path": "builtin:tiny-llama"},
-           "data": {"train": str(data / "math_train.jsonl"), "test": str(data / "math_test.jsonl"),
-                    "general_prompts": str(data / "general_prompts.jsonl"), "instruction_field": "question",
-                    "output_field": "answer", "limit": 6},
-           "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 6}},
-           "filter": {"gates": ["ban_list", "math"]},
-           "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 1, "max_steps": 4, "save_every": 2,
-                     "keep_checkpoints": 1, "lr": 1e-3, "cutoff_len": 512},
-           "eval": {"evaluators": ["task", "retention"], "limit": 2, "batch_size": 2,
-                    "sampling": {"max_new_tokens": 6}, "retention_max_new_tokens": 6}}
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_run_config(tmp_path / "crash.yaml", train={"keep_checkpoints": 1})
 
 
 def _child(config: str, out: str, env: dict, log: str) -> None:

@@ -17,31 +17,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sdft.cli import main
 from sdft.config import load_config
 from sdft.errors import ConfigError
 from sdft.tracking import wandb_files
-from tests.conftest import EXAMPLES, REPRODUCIBLE_ENV
+from tests.conftest import EXAMPLES, REPRODUCIBLE_ENV, tiny_run_config
 
 
 def _config(tmp_path: Path, **tracking) -> Path:
-    data = EXAMPLES / "data"
-    cfg = {"model": {"path": "builtin:tiny-llama"},
-           "data": {"train": str(data / "math_train.jsonl"), "test": str(data / "math_test.jsonl"),
-                    "general_prompts": str(data / "general_prompts.jsonl"), "instruction_field": "question",
-                    "output_field": "answer", "limit": 6},
-           "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 6}},
-           "filter": {"gates": ["ban_list", "math"]},
-           "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 1, "max_steps": 4, "save_every": 2,
-                     "lr": 1e-3, "cutoff_len": 512},
-           "eval": {"evaluators": ["task", "retention"], "limit": 2, "batch_size": 2,
-                    "sampling": {"max_new_tokens": 6}, "retention_max_new_tokens": 6},
-           "tracking": tracking}
-    path = tmp_path / "tracked.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_run_config(tmp_path / "tracked.yaml", tracking=tracking)
 
 
 def _free_port() -> int:
