@@ -56,8 +56,8 @@ class Tracker(Protocol):
 class Trackers:
     """The trackers of one run folder; every call is a no-op on ranks other than 0 and without trackers."""
 
-    def __init__(self, trackers: list[Tracker], run_name: str = "", layout: RunLayout | None = None):
-        self.trackers, self.run_name, self.layout = trackers, run_name, layout
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
         self.held: dict[int, int] = {}  # id(tracker) -> the last training step it holds
 
     def __iter__(self) -> Iterator[Tracker]:
@@ -138,7 +138,7 @@ def open_trackers(cfg: RunConfig, layout: RunLayout, new_run: bool = False, pare
         Trackers(opened).close(failed=True)
         raise
     log.info("tracking: %s (run %s)", ", ".join(f"{t.name} {t.where}" for t in opened), name)
-    return Trackers(opened, name, layout)
+    return Trackers(opened)
 
 
 def _train_metrics(row: dict, tokens_per_s: float | None = None) -> dict:
