@@ -9,7 +9,7 @@
     sdft compare CONFIG.yaml [key=value ...]   vanilla FT vs SDFT from one config -> compare/report.md
     sdft export  CONFIG.yaml [key=value ...]   merged safetensors model in <output_dir>/export/model
     sdft config  CONFIG.yaml [key=value ...]   print the resolved config and exit
-    sdft plan    CONFIG.yaml [key=value ...] --gpus N --gpu NAME|MEMORY   model states per rank by ZeRO setting
+    sdft plan    CONFIG.yaml [key=value ...] --gpus N --gpu NAME|MEMORY   memory per rank by ZeRO setting
 
 Overrides use dotted keys: ``sdft run examples/tiny.yaml train.lr=2e-4 output_dir=runs/x``.
 
@@ -133,15 +133,15 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def run_plan(cfg, args: argparse.Namespace) -> int:
-    """``sdft plan``: the model states of ``cfg`` per rank on ``--nodes`` x ``--gpus`` cards ``--gpu``."""
+    """``sdft plan``: the memory ``cfg`` needs per rank on ``--nodes`` x ``--gpus`` cards ``--gpu``."""
     from sdft.errors import ConfigError
     from sdft.plan.cards import card
-    from sdft.plan.plan import load_shape, plan, render
+    from sdft.plan.plan import load_model_config, plan, render
 
     if args.gpus < 1 or args.nodes < 1:
         raise ConfigError(f"--gpus {args.gpus} --nodes {args.nodes}: expected 1 or more of each")
     gpu = card(args.gpu)
-    print(render(plan(cfg, load_shape(cfg), gpu, args.gpus, args.nodes)))
+    print(render(plan(cfg, load_model_config(cfg), gpu, args.gpus, args.nodes)))
     return 0
 
 

@@ -24,6 +24,8 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     tied_embeddings: bool
+    fused_loss_blocker: str | None = None
+    """Why the fused loss does not apply to this model (``train.objective.fused_loss_blocker``), or None."""
 
     def lora_params(self, targets: list[str], rank: int) -> int:
         """The LoRA parameters ``train.lora_targets`` adds at ``train.lora_r``: ``rank * (in + out)`` per
@@ -39,6 +41,8 @@ def model_shape(config) -> ModelShape:
     """The shape of the causal LM that the transformers ``config`` describes (built on the meta device)."""
     from transformers import AutoModelForCausalLM
 
+    from sdft.train.objective import fused_loss_blocker
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -50,4 +54,4 @@ def model_shape(config) -> ModelShape:
         hidden_size=text.hidden_size, num_layers=text.num_hidden_layers, vocab_size=text.vocab_size,
         num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)), fused_loss_blocker=fused_loss_blocker(model))

@@ -92,3 +92,11 @@ def test_onpolicy_step_benchmark_runs_both_arms(tiny_model_dir):
     assert set(result) == {"trl", "sdft"}
     assert all(r["s_per_step"] > 0 and 0 < r["mean_answer_tokens"] <= 6 for r in result.values())
     assert "sdft vs trl:" in out
+
+
+def test_plan_accuracy_benchmark_measures_a_step_and_prints_the_h100_anchor():
+    _, out = _run("plan_accuracy.py", "--cases", "mid-full-bfloat16-plain")
+    row = next(line for line in out.splitlines() if line.startswith("| mid-full-bfloat16-plain"))
+    predicted, measured, ratio = (float(x) for x in row.strip("| ").split(" | ")[-3:])
+    assert predicted > 0 and measured > 0 and ratio == pytest.approx(predicted / measured, abs=1e-3)
+    assert "within +-15%: " in out and out.count("H100 train step") == 2

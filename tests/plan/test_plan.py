@@ -82,12 +82,18 @@ def test_the_command_plans_the_tiny_model_and_a_70b_config(tmp_path, capsys):
                "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
                "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}
     (tmp_path / "config.json").write_text(json.dumps(llama70))
-    assert main(["plan", str(EXAMPLES / "tiny.yaml"), f"model.path={tmp_path}", "model.dtype=bfloat16",
-                 "train.method=full", "--gpus", "8", "--nodes", "8", "--gpu", "H100"]) == 0
-    out = capsys.readouterr().out
-    assert "70,553.7M parameters" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith("ZeRO")}
-    assert rows["ZeRO-0"][-1] == "no" and rows["ZeRO-3"][-1] == "yes"  # 1.4 TB of states, or 1/64 of them
+    fits = {}
+    for ckpt in ("true", "false"):
+        assert main(["plan", str(EXAMPLES / "tiny.yaml"), f"model.path={tmp_path}", "model.dtype=bfloat16",
+                     "train.method=full", "train.micro_batch_size=1", "train.cutoff_len=2048",
+                     f"train.gradient_checkpointing={ckpt}", "--gpus", "8", "--nodes", "8", "--gpu", "H100"]) == 0
+        out = capsys.readouterr().out
+        assert "70,553.7M parameters" in out and "loss head" in out
+        fits[ckpt] = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.strip().startswith("ZeRO")}
+    # 1.4 TB of model states, or 1/64 of them at ZeRO-3 (22 GiB); with checkpointing the activations of
+    # 2048 tokens are 80 layer inputs (2.5 GiB), without it every layer's saved tensors (61 GiB).
+    assert fits["true"]["ZeRO-0"] == "no" and fits["true"]["ZeRO-3"] == "yes"
+    assert fits["false"]["ZeRO-3"] == "no" and fits["false"]["ZeRO-3+offload"] == "yes"
 
 
 def test_bad_cluster_sizes_are_refused(capsys):

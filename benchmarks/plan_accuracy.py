@@ -1,0 +1,188 @@
+"""How close ``sdft plan``'s training-step memory is to a real step's, on this machine.
+
+    python benchmarks/plan_accuracy.py                  # every CPU case (a few minutes on 2 cores)
+    python benchmarks/plan_accuracy.py --cases lora     # the cases whose name contains "lora"
+    python benchmarks/plan_accuracy.py --h100-anchor    # the plan beside RESULTS.md's H100 train step
+
+Each case runs in its own process: a random Llama of the case's shape (or SmolLM2-135M), full or LoRA,
+float32 or bfloat16, sdft's loss (``CausalLMLoss``, fused or plain), AdamW; one warm-up step (the
+optimizer's states exist after it), gradients set to None, then one measured step (forward, backward,
+optimizer step) over [rows, seq] tokens, every position labelled.
+
+Measured: on CUDA, the allocator's peak minus what was allocated before the step; on the CPU, the
+process's peak resident memory during the step (``VmHWM`` reset through ``/proc/self/clear_refs``)
+minus its resident memory before, with glibc returning every block over 64 KiB to the system
+(``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the count.
+Predicted (``sdft.plan.activations``): the activations autograd saves + the loss head, or with gradient
+checkpointing, if larger, every gradient + one layer's activations (the end of backward). In a
+DeepSpeed run the gradients are model states, which ``sdft plan`` counts apart. Printed: both and their
+ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.1, target_modules="all-linear")
+MID = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+           num_key_value_heads=4, vocab_size=16384)
+
+CASES = [dict(name=f"mid-{method}-{dtype}-{'fused' if fused else 'plain'}{'-ckpt' if ckpt else ''}",
+              model="mid", method=method, dtype=dtype, fused=fused, ckpt=ckpt, rows=4, seq=512)
+         for method in ("full", "lora") for dtype in ("float32", "bfloat16")
+         for fused, ckpt in ((True, False), (False, False), (True, True))]
+CASES += [dict(name=f"smollm2-{method}-float32-fused", model="smollm2", method=method, dtype="float32", fused=True,
+               ckpt=False, rows=2, seq=512) for method in ("full", "lora")]
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _build(case: dict, device: torch.device):
+    from sdft.plan.activations import plan_model
+
+    dtype = getattr(torch, case["dtype"])
+    if case["model"] == "smollm2":
+        from sdft.models.builtin import resolve_model_path
+        from sdft.models.loading import load_model
+
+        model = load_model(resolve_model_path("builtin:smollm2-135m-instruct"), case["dtype"], device)
+        config = model.config
+        if case["method"] == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+        return model.train(), config
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(max_position_embeddings=4096, **MID)
+    lora = LORA if case["method"] == "lora" else None
+    return plan_model(config, dtype, lora, device=device.type, attention="sdpa"), config
+
+
+def measure(case: dict) -> dict:
+    """One case, in this process: (measured, predicted) bytes of one training step."""
+    from sdft.plan.activations import count_activations, loss_head_bytes
+    from sdft.train.objective import CausalLMLoss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, config = _build(case, device)
+    if case["ckpt"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if case["method"] == "lora":
+            model.enable_input_require_grads()
+    loss_fn = CausalLMLoss(model, case["fused"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, config.vocab_size, (case["rows"], case["seq"]), generator=g).to(device)
+
+    def step():
+        loss_fn(ids, ids.clone()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        measured = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        step()
+        measured = (_status_kib("VmHWM") - before) * 1024
+    dtype = getattr(torch, case["dtype"])
+    lora = LORA if case["method"] == "lora" else None
+    counted = count_activations(config, dtype, case["rows"], case["seq"], lora)
+    acts = counted.saved(case["ckpt"])
+    width = torch.finfo(dtype).bits // 8
+    head_trained = case["method"] == "full"
+    head = loss_head_bytes(case["rows"] * case["seq"], config.hidden_size, config.vocab_size, width, case["fused"],
+                           head_trained, cuda=device.type == "cuda")
+    grads = sum(p.numel() * p.element_size() for p in params)
+    # The step allocates the gradients in backward as it frees the activations: the peak is at the end
+    # of forward, or with checkpointing near the end of backward (every gradient, one layer recomputed).
+    predicted = max(acts + head, grads + counted.per_layer if case["ckpt"] else 0)
+    return {"case": case["name"], "activations_mib": acts / 2**20, "head_mib": head / 2**20, "grads_mib": grads / 2**20,
+            "predicted_mib": predicted / 2**20, "measured_mib": measured / 2**20, "ratio": predicted / measured}
+
+
+# benchmarks/RESULTS.md, "Train step" (H100, run 2): peak allocated GiB of the dense 8 x 2048 workload.
+H100_TRAIN_STEP = {"fused": 34.7, "plain": 57.2}
+
+
+def h100_anchor() -> None:
+    """The plan's figures for RESULTS.md's H100 train step (Llama-3.2-1B shape, bf16 weights, torch AdamW
+    with bf16 moments, gradients set to None between steps, so the peak holds weights and moments only)."""
+    from transformers import LlamaConfig
+    from workload import SHAPES
+
+    from sdft.plan.activations import count_activations, loss_head_bytes
+    from sdft.plan.shape import model_shape
+
+    config = LlamaConfig(max_position_embeddings=8192, **SHAPES["llama3.2-1b"])
+    shape = model_shape(config)
+    rows, seq = 8, 2048
+    acts = count_activations(config, torch.bfloat16, rows, seq).saved(False)
+    states = shape.total_params * 6
+    for arm, measured in H100_TRAIN_STEP.items():
+        head = loss_head_bytes(rows * seq, shape.hidden_size, shape.vocab_size, 2, arm == "fused", True, cuda=True)
+        predicted = (states + acts + head) / 2**30
+        print(f"H100 train step, {arm} loss: states {states / 2**30:.2f} + activations {acts / 2**30:.2f} + head "
+              f"{head / 2**30:.2f} = {predicted:.2f} GiB predicted, {measured} measured: {predicted / measured:.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="", help="run the cases whose name contains this")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a case as JSON: run it here
+    p.add_argument("--h100-anchor", action="store_true", help="only the plan for RESULTS.md's H100 train step")
+    args = p.parse_args()
+    if args.h100_anchor:
+        h100_anchor()
+        return
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))), flush=True)
+        return
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    print("| case | activations MiB | head MiB | grads MiB | predicted MiB | measured MiB | predicted / measured |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    ratios = []
+    for case in CASES:
+        if args.cases not in case["name"]:
+            continue
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)], env=env, capture_output=True,
+                             text=True)
+        if out.returncode:
+            print(f"| {case['name']} | failed: {out.stderr.strip().splitlines()[-1]} |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ratios.append(r["ratio"])
+        print(f"| {r['case']} | {r['activations_mib']:.1f} | {r['head_mib']:.1f} | {r['grads_mib']:.1f} | "
+              f"{r['predicted_mib']:.1f} | {r['measured_mib']:.1f} | {r['ratio']:.3f} |", flush=True)
+    if ratios:
+        print(f"ratios: min {min(ratios):.3f}, max {max(ratios):.3f}; within +-15%: "
+              f"{sum(0.85 <= r <= 1.15 for r in ratios)} of {len(ratios)}")
+    h100_anchor()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Training activations and the loss head's memory, counted on the meta device.
+
+What a training step holds between forward and backward is what autograd saves. Rather than a formula
+per architecture (RMSNorm's float32 copies, SwiGLU's four [tokens, intermediate] tensors, LoRA's dropout
+masks differ between models and library versions), the decoder is built on the meta device and run
+once under ``saved_tensors_hooks``, which see every tensor autograd keeps; weights (and views of them)
+are left out, they are model states. Built with two and with three layers, the difference is one
+layer's share (the first layer may save less: under LoRA its input needs no gradient), and a model of
+any depth follows.
+
+On the meta device PyTorch's attention takes its math path, which would keep the [heads, T, T]
+probabilities; training on a GPU runs flash or memory-efficient attention, which keeps the output and
+its log-sum-exp only. Planning runs the model with ``sdft_plan`` attention, an autograd function
+that saves exactly that (query, key, value, output, float32 log-sum-exp), the set PyTorch's CPU flash
+kernel saves too (``tests/plan/test_activations.py`` compares the count with a real CPU forward).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Bytes autograd saves for one micro-batch: ``two_layers + (layers - 2) x per_layer``."""
+
+    two_layers: int
+    """The model cut to two layers: its embeddings, final norm and first two layers."""
+    per_layer: int
+    """A layer after the first."""
+    layer_input: int
+    """One layer's input [rows, T, H]: what gradient checkpointing keeps per layer."""
+    layers: int
+
+    def saved(self, checkpointing: bool) -> int:
+        """Held at the end of forward: every layer's saved tensors, or with (non-reentrant) gradient
+        checkpointing every layer's input plus one layer recomputed during backward."""
+        if checkpointing:
+            outside = max(0, self.two_layers - 2 * self.per_layer)
+            return self.layers * self.layer_input + self.per_layer + outside
+        return self.two_layers + (self.layers - 2) * self.per_layer
+
+
+class _FlashLikeAttention(torch.autograd.Function):
+    """Causal attention's output shape, saving what flash attention saves for backward."""
+
+    @staticmethod
+    def forward(ctx, query, key, value):  # [B, heads, T, D], [B, kv_heads, T, D] x 2
+        out = torch.empty_like(query)
+        lse = query.new_empty(query.shape[:3], dtype=torch.float32)
+        ctx.save_for_backward(query, key, value, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - planning never runs backward
+        raise RuntimeError("sdft_plan attention is for counting memory only")
+
+
+def _plan_attention(module, query, key, value, attention_mask, **kwargs):
+    out = _FlashLikeAttention.apply(query, key, value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_plan_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("sdft_plan", _plan_attention)
+
+
+def _with_layers(config, n: int):
+    """A copy of ``config`` with ``n`` decoder layers (per-layer lists such as ``layer_types`` cut)."""
+    config = copy.deepcopy(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text.num_hidden_layers = n
+    for key in ("layer_types",):
+        value = getattr(text, key, None)
+        if isinstance(value, list):
+            setattr(text, key, value[:n])
+    return config
+
+
+def saved_tensor_bytes(model, rows: int, seq: int) -> tuple[int, int]:
+    """(bytes autograd saves in ``model``'s decoder forward over a [rows, seq] batch, leaving out its
+    parameters and views of them; bytes of the decoder's output, one layer's input [rows, seq, H])."""
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(t) not in params:
+            saved[id(base)] = base.numel() * base.element_size()
+        return t  # kept alive by the graph until the count is done, so ids stay unique
+
+    device = next(model.parameters()).device
+    ids = torch.zeros(rows, seq, dtype=torch.long, device=device)
+    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hidden = decoder(input_ids=ids).last_hidden_state
+    return sum(saved.values()), hidden.numel() * hidden.element_size()
+
+
+def plan_model(config, dtype: torch.dtype, lora: dict | None, device: str = "meta", attention: str = "sdft_plan"):
+    """The causal LM of ``config`` as training builds it (LoRA adapters by peft), in train mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    _register_plan_attention()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+    model.config.use_cache = False
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    return model.train()
+
+
+def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dict | None = None) -> Activations:
+    """What training the causal LM of transformers ``config`` saves for a [rows, seq] micro-batch.
+
+    Args:
+        config: the model's transformers config (its ``config.json``).
+        dtype: the weights' dtype in training (activations follow it; norms may upcast to float32).
+        lora: ``LoraConfig`` keyword arguments (``r``, ``lora_alpha``, ``lora_dropout``,
+            ``target_modules``) when LoRA adapters train, else None (every weight trains).
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    two, layer_input = saved_tensor_bytes(plan_model(_with_layers(config, 2), dtype, lora), rows, seq)
+    three, _ = saved_tensor_bytes(plan_model(_with_layers(config, 3), dtype, lora), rows, seq)
+    return Activations(two_layers=two, per_layer=three - two, layer_input=layer_input, layers=text.num_hidden_layers)
+
+
+def loss_head_bytes(tokens: int, hidden: int, vocab: int, dtype_bytes: int, fused: bool, head_trained: bool,
+                    cuda: bool = True) -> int:
+    """The loss head's peak beyond the activations, for ``tokens`` positions of one micro-batch.
+
+    Plain (transformers' loss): the [tokens, V] logits at the model's width, their float32 copy and
+    log-softmax, and in backward the float32 gradient beside them: ``max(w + 8, 12)`` bytes a logit.
+    Fused (``sdft_kernels``): the gradient of the hidden states [tokens, H] and one chunk's logits
+    (about as large as the hidden states, ``default_chunk_rows``); with a trained head also its gradient
+    [V, H]. On CUDA (Triton) the chunk's gradient is formed in place and the head's gradient accumulates
+    at the model's width; the CPU path (``cuda=False``) works on a float32 copy of the chunk and
+    accumulates the head's gradient in float32 (then cast to the model's width, a copy below float32).
+    """
+    if not fused:
+        return tokens * vocab * max(dtype_bytes + 8, 12)
+    from sdft_kernels.fused_linear_ce import default_chunk_rows
+
+    chunk = min(tokens, default_chunk_rows(tokens, hidden, vocab)) * vocab * (dtype_bytes + (0 if cuda else 4))
+    weight_grad = 0
+    if head_trained:
+        weight_grad = vocab * hidden * (dtype_bytes if cuda else 4 + (dtype_bytes if dtype_bytes != 4 else 0))
+    return tokens * hidden * dtype_bytes + chunk + weight_grad

@@ -1,0 +1,64 @@
+"""The activations ``sdft plan`` counts on the meta device are what a real forward saves on the CPU (where
+PyTorch's attention is its flash kernel, saving what the plan's stand-in saves), byte for byte, for full
+fine-tuning and LoRA, float32 and bfloat16, odd shapes, and architectures beyond Llama."""
+
+import pytest
+import torch
+
+from sdft.plan.activations import count_activations, loss_head_bytes, plan_model, saved_tensor_bytes
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear")
+
+
+def _config(kind: str, layers: int):
+    from transformers import LlamaConfig, Qwen3Config
+
+    dims = dict(hidden_size=96, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=6,
+                num_key_value_heads=2, vocab_size=300)
+    if kind == "qwen3":  # per-head q/k norms, explicit head_dim, per-layer attention types
+        return Qwen3Config(head_dim=24, **dims)
+    return LlamaConfig(**dims)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_the_meta_count_is_what_a_real_cpu_forward_saves(kind, dtype, lora):
+    rows, seq, layers = 3, 37, 5
+    planned = count_activations(_config(kind, layers), dtype, rows, seq, lora)
+    torch.manual_seed(0)
+    real = plan_model(_config(kind, layers), dtype, lora, device="cpu", attention="sdpa")
+    saved, layer_input = saved_tensor_bytes(real, rows, seq)
+    assert planned.saved(checkpointing=False) == saved > 0
+    assert planned.layer_input == layer_input == rows * seq * 96 * dtype.itemsize
+    assert planned.per_layer > 0 and planned.layers == layers
+
+
+def test_the_count_leaves_out_weights_and_grows_with_the_tokens():
+    config = _config("llama", 4)
+    small, large = (count_activations(config, torch.float32, 2, seq) for seq in (16, 32))
+    # Everything saved scales with the tokens (flash-like attention keeps no [T, T] matrix), so twice the
+    # tokens save twice the bytes, up to the few [T, head_dim] rotary tables shared by every layer.
+    assert 2 * small.saved(False) - large.saved(False) == pytest.approx(0, abs=2 * 2 * 16 * 16 * 4)
+
+
+def test_checkpointing_keeps_each_layers_input_and_one_layer():
+    a = count_activations(_config("llama", 6), torch.bfloat16, 2, 40)
+    outside = a.two_layers - 2 * a.per_layer
+    assert a.saved(True) == 6 * a.layer_input + a.per_layer + outside
+    assert a.saved(True) < a.saved(False) == outside + 6 * a.per_layer
+
+
+@pytest.mark.parametrize("dtype_bytes", [4, 2])
+def test_the_fused_head_holds_one_chunk_and_the_gradients_the_plain_head_every_logit(dtype_bytes):
+    from sdft_kernels.fused_linear_ce import default_chunk_rows
+
+    n, h, v = 1000, 64, 5000
+    chunk = default_chunk_rows(n, h, v)
+    assert loss_head_bytes(n, h, v, dtype_bytes, fused=False, head_trained=True) == n * v * max(dtype_bytes + 8, 12)
+    frozen = loss_head_bytes(n, h, v, dtype_bytes, fused=True, head_trained=False, cuda=True)
+    assert frozen == n * h * dtype_bytes + chunk * v * dtype_bytes
+    trained_cpu = loss_head_bytes(n, h, v, dtype_bytes, fused=True, head_trained=True, cuda=False)
+    cast = dtype_bytes if dtype_bytes != 4 else 0  # the float32 accumulator's copy at the weight's width
+    assert trained_cpu == n * h * dtype_bytes + chunk * v * (dtype_bytes + 4) + v * h * (4 + cast)
+    assert trained_cpu < loss_head_bytes(n, h, v, dtype_bytes, fused=False, head_trained=True)
