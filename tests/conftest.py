@@ -119,35 +119,41 @@ def bubblewrap():
     assert isolation() == "bubblewrap", "bwrap is installed but cannot start a confined process here"
 
 
+def write_tiny_config(folder: Path, model_dir: Path, n_train: int = 10, n_test: int = 4,
+                      **sections) -> tuple[Path, Path]:
+    """A tiny-run YAML (and its data) written under ``folder``: (config path, output_dir)."""
+    import yaml
+
+    write_jsonl(folder / "train.jsonl", math_rows(n_train))
+    write_jsonl(folder / "test.jsonl", math_rows(n_test, start=100))
+    write_jsonl(folder / "general.jsonl", [{"id": f"g{i}", "prompt": p} for i, p in
+                                          enumerate(["Say hi.", "Name a color.", "Count to three."])])
+    out = folder / "run"
+    cfg = {
+        "output_dir": str(out),
+        "model": {"path": str(model_dir)},
+        "data": {"train": "train.jsonl", "test": "test.jsonl", "general_prompts": "general.jsonl",
+                 "instruction_field": "question", "output_field": "answer"},
+        "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 8}},
+        "filter": {"gates": ["ban_list", "math"]},
+        "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "lr": 1e-3,
+                  "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512,
+                  "on_policy": {"sampling": {"max_new_tokens": 8}}},
+        "eval": {"sampling": {"max_new_tokens": 8}, "batch_size": 4, "retention_max_new_tokens": 8},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values) if isinstance(values, dict) else cfg.__setitem__(name, values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, out
+
+
 @pytest.fixture
 def tiny_config(tmp_path, tiny_model_dir):
     """A factory: write a tiny-run YAML under tmp_path and return (path, output_dir)."""
 
     def make(n_train: int = 10, n_test: int = 4, **sections) -> tuple[Path, Path]:
-        import yaml
-
-        write_jsonl(tmp_path / "train.jsonl", math_rows(n_train))
-        write_jsonl(tmp_path / "test.jsonl", math_rows(n_test, start=100))
-        write_jsonl(tmp_path / "general.jsonl", [{"id": f"g{i}", "prompt": p} for i, p in
-                                                 enumerate(["Say hi.", "Name a color.", "Count to three."])])
-        out = tmp_path / "run"
-        cfg = {
-            "output_dir": str(out),
-            "model": {"path": str(tiny_model_dir)},
-            "data": {"train": "train.jsonl", "test": "test.jsonl", "general_prompts": "general.jsonl",
-                     "instruction_field": "question", "output_field": "answer"},
-            "distill": {"template": "math", "batch_size": 3, "sampling": {"max_new_tokens": 8}},
-            "filter": {"gates": ["ban_list", "math"]},
-            "train": {"template": "math", "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "lr": 1e-3,
-                      "lora_targets": ["all-linear"], "save_every": 2, "cutoff_len": 512,
-                      "on_policy": {"sampling": {"max_new_tokens": 8}}},
-            "eval": {"sampling": {"max_new_tokens": 8}, "batch_size": 4, "retention_max_new_tokens": 8},
-        }
-        for name, values in sections.items():
-            cfg.setdefault(name, {}).update(values) if isinstance(values, dict) else cfg.__setitem__(name, values)
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path, out
+        return write_tiny_config(tmp_path, tiny_model_dir, n_train, n_test, **sections)
 
     return make
 
@@ -200,20 +206,32 @@ def run_torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int =
     return res
 
 
-@pytest.fixture
-def distilled(tiny_config, tmp_path):
-    """A tiny config whose distill+filter stages are done, and a way to copy them to other output dirs."""
-    train = {"max_steps": 3, "micro_batch_size": 2, "grad_accum": 2, "lora_dropout": 0.0, "save_every": 0,
-             "lr": 1e-2}
-    path, out = tiny_config(n_train=10, train=train)
+DISTILLED_TRAIN = {"max_steps": 3, "micro_batch_size": 2, "grad_accum": 2, "lora_dropout": 0.0, "save_every": 0,
+                   "lr": 1e-2}
+
+
+@pytest.fixture(scope="session")
+def _distilled_once(tmp_path_factory, tiny_model_dir) -> Path:
+    """The distill and filter stages of the ``distilled`` config, run once per session."""
+    folder = tmp_path_factory.mktemp("distilled")
+    path, out = write_tiny_config(folder, tiny_model_dir, n_train=10, train=DISTILLED_TRAIN)
     res = run_cli("distill", str(path))
     assert res.returncode == 0, res.stderr[-3000:]
+    return out
 
-    def clone(name):
+
+@pytest.fixture
+def distilled(tiny_config, tmp_path, _distilled_once):
+    """A tiny config whose distill+filter stages are done (copied from the session's one run: the same
+    config, so their records hold), and a way to copy them to other output dirs."""
+    path, out = tiny_config(n_train=10, train=DISTILLED_TRAIN)
+
+    def clone(name, src=_distilled_once):
         dst = tmp_path / name
-        dst.mkdir()
+        dst.mkdir(exist_ok=True)
         for stage in ("distill", "filter"):
-            shutil.copytree(out / stage, dst / stage)
+            shutil.copytree(src / stage, dst / stage)
         return dst
 
+    clone("run")
     return path, out, clone

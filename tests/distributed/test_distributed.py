@@ -2,12 +2,21 @@
 shipped ZeRO config, loss equivalence with one rank, and a killed run resumed to the same weights."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPRODUCIBLE_ENV, math_rows, run_cli, run_torchrun, write_jsonl
+from tests.conftest import (
+    DISTILLED_TRAIN,
+    REPRODUCIBLE_ENV,
+    math_rows,
+    run_cli,
+    run_torchrun,
+    write_jsonl,
+    write_tiny_config,
+)
 from tests.numerics import requires_bf16_sdpa
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -21,6 +30,19 @@ def _uneven(tiny_config, n=5, **sections):
         r["question"] += " Please." * (i * 7)
     write_jsonl(path.parent / "train.jsonl", rows)
     return path, out
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory, tiny_model_dir, _distilled_once):
+    """``distilled``'s config trained by one plain PyTorch process (global batch 2 x 2 = 4), once: the
+    reference of every test below that trains the same config on 2 ranks."""
+    path, out = write_tiny_config(tmp_path_factory.mktemp("one-rank"), tiny_model_dir, n_train=10,
+                                  train=DISTILLED_TRAIN)
+    for stage in ("distill", "filter"):
+        shutil.copytree(_distilled_once / stage, out / stage)
+    res = run_cli("train", str(path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
 
 
 def _rewrites(out):
@@ -95,10 +117,9 @@ def _losses(out):
 
 @pytest.mark.parametrize("ds, micro, accum", [("zero1", 2, 1), ("zero2", 1, 2), ("zero2_offload", 2, 1),
                                                ("zero3", 1, 2), ("zero3_offload", 2, 1)])
-def test_two_rank_training_matches_one_rank(distilled, ds, micro, accum):
-    path, out, clone = distilled
-    one = run_cli("train", str(path))  # plain PyTorch, global batch 2 x 2 x 1 = 4
-    assert one.returncode == 0, one.stderr[-3000:]
+def test_two_rank_training_matches_one_rank(distilled, one_rank, ds, micro, accum):
+    path, _, clone = distilled
+    out = one_rank
     two_dir = clone(ds)
     # Global batch micro x accum x 2 ranks = 4: the same examples in every step.
     two = _train2(path, two_dir, f"train.deepspeed={ds}", f"train.micro_batch_size={micro}", f"train.grad_accum={accum}")
@@ -126,13 +147,12 @@ def test_full_finetune_under_zero3_exports_a_gathered_model(distilled):
     assert _losses(d)[-1] < _losses(d)[0]
 
 
-def test_a_users_own_stage0_config_path_works(distilled, tmp_path):
-    path, out, clone = distilled
+def test_a_users_own_stage0_config_path_works(distilled, one_rank, tmp_path):
+    path, _, clone = distilled
+    out = one_rank
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"zero_optimization": {"stage": 0}, "gradient_accumulation_steps": 1,
                                 "train_micro_batch_size_per_gpu": "auto"}))
-    one = run_cli("train", str(path))
-    assert one.returncode == 0, one.stderr[-3000:]
     d = clone("stage0")
     res = _train2(path, d, f"train.deepspeed={mine}", "train.grad_accum=1")
     assert "DeepSpeed ZeRO-0 on 2 rank(s)" in res.stderr and '"train_batch_size": 4' in res.stderr

@@ -1,7 +1,8 @@
-"""The paper recipes (examples/paper/): each validates as shipped, and ``sdft compare`` runs both arms end to
-end (distill, filter, train, the whole benchmark matrix, the report) on the tiny model with a few local
-records laid out exactly like its data (the authors' files or the hub's records), through the same ``hub:``
-code path (``datasets.load_dataset``), offline."""
+"""The paper recipes (examples/paper/): each validates as shipped, and reads a few local records laid out
+exactly like its data (the authors' files or the hub's records) through the same ``hub:`` code path
+(``datasets.load_dataset``), offline, into its training set. ``sdft compare`` runs both arms end to end
+(distill, filter, train, the whole benchmark matrix, the report) on the tiny model for the recipes whose
+paths differ past the data (``END_TO_END``); the others share those paths and stop after the filter."""
 
 import json
 from pathlib import Path
@@ -14,6 +15,9 @@ from tests.hub_layout import hub, write_hub_repo
 
 PAPER = REPO / "examples" / "paper"
 RECIPES = sorted(p.stem for p in PAPER.glob("*.yaml"))
+# gsm8k: the paper's answer preprocessing, no general prompts; openfunctions_llama3: Llama-3's token
+# layout and math templates; lima: a multi-turn conversation, general prompts (retention).
+END_TO_END = ["gsm8k", "lima", "openfunctions_llama3"]
 
 
 def _gsm8k(root: Path) -> dict[str, str]:
@@ -141,9 +145,34 @@ def test_every_recipe_is_covered_and_validates_as_shipped():
     assert (lima.distill.turns, lima.train.loss_turns) == ("last", "all")
 
 
+def _sources(name: str, root: Path) -> dict[str, str]:
+    """The recipe's data as ``key=value`` overrides: local records laid out like its real sources."""
+    sources = DATA[name](root)
+    if load_config(PAPER / f"{name}.yaml").data.general_prompts:
+        sources["data.general_prompts"] = _alpaca_eval(root)
+    return sources
+
+
+def _tiny_overrides(out: Path, model: Path, sources: dict[str, str]) -> list[str]:
+    return [f"output_dir={out}", f"model.path={model}", *(f"{k}={v}" for k, v in sources.items()),
+            "distill.batch_size=4", "distill.sampling.max_new_tokens=8", "generation.dtype=float32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(RECIPES) - set(END_TO_END)))
+def test_recipe_reads_its_data_into_the_training_set(name, tmp_path, tiny_model_dir):
+    """``sdft distill`` (distill + filter) on the recipe's data: every record reaches the training set."""
+    out = tmp_path / "run"
+    res = run_cli("distill", str(PAPER / f"{name}.yaml"), *_tiny_overrides(out, tiny_model_dir, _sources(name, tmp_path)),
+                  timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "filter" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["original"] for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("bubblewrap")
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", END_TO_END)
 def test_recipe_compares_both_arms_on_the_whole_matrix(name, tmp_path, tiny_model_dir):
     """``sdft compare`` with the vanilla and SDFT arms on the tiny model, every benchmark of the recipe read
     from local copies laid out like the authors' files (knowledge: a local lm-eval task), writing the
@@ -153,20 +182,16 @@ def test_recipe_compares_both_arms_on_the_whole_matrix(name, tmp_path, tiny_mode
 
     cfg = load_config(PAPER / f"{name}.yaml")
     root = tmp_path / "hub"
-    sources = DATA[name](root)
-    if cfg.data.general_prompts:
-        sources["data.general_prompts"] = _alpaca_eval(root)
     bench = _benchmark_data(root)
     defs = {b: {"data": path, **({"template": "llama3_math_infer"} if b in cfg.eval.benchmark_defs else {})}
             for b, path in bench.items()}
     out = tmp_path / "run"
-    res = run_cli("compare", str(PAPER / f"{name}.yaml"), f"output_dir={out}", f"model.path={tiny_model_dir}",
-                  *(f"{k}={v}" for k, v in sources.items()), "compare.arms=[vanilla,sdft]",
+    res = run_cli("compare", str(PAPER / f"{name}.yaml"), *_tiny_overrides(out, tiny_model_dir, _sources(name, root)),
+                  "compare.arms=[vanilla,sdft]",
                   "eval.benchmark_defs=" + json.dumps(defs), "eval.knowledge_tasks=[tiny_mc]",
                   f"eval.lm_eval_include_path={_task_folder(tmp_path, [1, 0, 1, 0, 0])}", "eval.limit=2",
-                  "distill.batch_size=4", "distill.sampling.max_new_tokens=8", "train.max_steps=2",
-                  "eval.sampling.max_new_tokens=8", "eval.batch_size=4", "eval.retention_max_new_tokens=8",
-                  "generation.dtype=float32", timeout=900)
+                  "train.max_steps=2", "eval.sampling.max_new_tokens=8", "eval.batch_size=4",
+                  "eval.retention_max_new_tokens=8", timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "filter" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 6
