@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import yaml
 
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--gpus", type=int, default=1, help="GPUs per node (default 1)")
             s.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
             s.add_argument("--gpu", default="H100", help="a card's name (docs/plan.md) or its memory, e.g. 48GiB")
+            s.add_argument("--examples", type=int, help="training examples, for the time estimate when data.train "
+                           "is not a local file (with --avg-tokens)")
+            s.add_argument("--avg-tokens", type=int, help="mean tokens of an example (prompt + response)")
+            s.add_argument("--write-ds-config", metavar="PATH", help="write the recommended setting's DeepSpeed config")
         elif name != "config":
             s.add_argument("--force", action="store_true",
                            help="redo the stage(s) from scratch, deleting their previous output")
@@ -106,16 +111,20 @@ def run_command(args: argparse.Namespace) -> int:
     from sdft.run_record import write_run_record
     from sdft.tracking import check_trackers
 
-    preflight(cfg, pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    preflight(cfg, device)
     check_trackers(cfg)
     ctx = RunContext(cfg)
     pipeline = Pipeline(ctx)
     # Every input the command reads is checked before anything is written, the output folder included.
     if args.command == "compare":
         check_compare(ctx, args.force)
+        stages = ("distill", "train", "eval")
     else:
         stages = pipeline.command_stages(COMMANDS[args.command], args.command)
         pipeline.check_inputs(stages, args.force)
+    if device.type == "cuda":
+        check_gpu_memory(cfg, stages, device)
     hold(ctx.layout, args.command)  # one run per output folder; clears what a killed run left
     write_run_record(ctx.layout, args.command, resolved)
     ctx.open_tracking(new_runs=args.force)  # a tracker that cannot be reached stops here, before any stage
@@ -132,16 +141,43 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_gpu_memory(cfg, stages, device) -> None:
+    """Refuse a command whose training step or generation engine is planned not to fit this GPU
+    (``check_memory``; ``sdft.plan.check``)."""
+    import torch
+
+    from sdft.plan.check import check_fits
+
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nodes = max(1, int(os.environ.get("WORLD_SIZE", "1")) // per_node)
+    check_fits(cfg, list(stages), torch.cuda.get_device_properties(device).total_memory, per_node, nodes)
+
+
 def run_plan(cfg, args: argparse.Namespace) -> int:
-    """``sdft plan``: the memory ``cfg`` needs per rank on ``--nodes`` x ``--gpus`` cards ``--gpu``."""
+    """``sdft plan``: the memory ``cfg`` needs per rank on ``--nodes`` x ``--gpus`` cards ``--gpu``, the
+    cheapest setting that fits, and the time it takes."""
     from sdft.errors import ConfigError
     from sdft.plan.cards import card
+    from sdft.plan.memory import ZeroSetting
     from sdft.plan.plan import load_model_config, plan, render
+    from sdft.plan.recommend import write_ds_config
+    from sdft.plan.timing import measure_workload, stated_workload
 
     if args.gpus < 1 or args.nodes < 1:
         raise ConfigError(f"--gpus {args.gpus} --nodes {args.nodes}: expected 1 or more of each")
+    if (args.examples is None) != (args.avg_tokens is None) or (args.examples is not None and
+                                                                 (args.examples < 1 or args.avg_tokens < 1)):
+        raise ConfigError(f"--examples {args.examples} --avg-tokens {args.avg_tokens}: give both, each 1 or more")
     gpu = card(args.gpu)
-    print(render(plan(cfg, load_model_config(cfg), gpu, args.gpus, args.nodes)))
+    work = (stated_workload(args.examples, args.avg_tokens, cfg) if args.examples is not None
+            else measure_workload(cfg))
+    report = plan(cfg, load_model_config(cfg), gpu, args.gpus, args.nodes, work)
+    print(render(report))
+    chosen = report["recommendation"]
+    if args.write_ds_config and chosen is not None:
+        setting = ZeroSetting(chosen["stage"], chosen["offload_optimizer"], chosen["offload_params"])
+        write_ds_config(setting, Path(args.write_ds_config))
+        print(f"wrote {args.write_ds_config} ({setting.name}); use train.deepspeed={args.write_ds_config}")
     return 0
 
 

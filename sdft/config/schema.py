@@ -513,6 +513,9 @@ class RunConfig:
     """Folder for every stage's output (relative to the working directory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when visible, else CPU."""
+    check_memory: bool = True
+    """On a GPU, refuse before any stage runs a training step or a generation engine that ``sdft plan``
+    finds too large for the card, naming the stage and the shortfall; false runs it anyway."""
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,10 +1,11 @@
 """``sdft plan``: what a configuration needs on a given cluster, before a GPU is spent.
 
-This version counts, from the model's ``config.json`` alone, the training step's peak per rank for every
-ZeRO setting (model states: weights, gradients, optimizer states; the activations of a micro-batch,
-with or without gradient checkpointing; the loss head, fused or not; allocator headroom), and the
-weights and the engine's KV cache of distillation and evaluation. An on-policy teacher and its sampling
-and the time a run takes are not counted yet (docs/plan.md).
+From the model's ``config.json`` alone: the training step's peak per rank for every ZeRO setting (model
+states: weights, gradients, optimizer states; the activations of a micro-batch, with or without gradient
+checkpointing; the loss head, fused or not; allocator headroom), the cheapest setting that fits
+(``recommend``), the weights and the engine's KV cache of distillation and evaluation, and with the
+data's size the time each stage takes (``timing``). An on-policy teacher and its sampling are not
+counted yet (docs/plan.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from sdft.models.builtin import resolve_model_path
 from sdft.plan.activations import count_activations, loss_head_bytes
 from sdft.plan.cards import Card
 from sdft.plan.memory import ZeroSetting, frozen_bytes, kv_cache_bytes, model_states
+from sdft.plan.recommend import SHIPPED, Choice, cheapest
 from sdft.plan.shape import ModelShape, model_shape
+from sdft.plan.timing import Workload, estimate
 
 SETTINGS = (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(2, offload_optimizer=True), ZeroSetting(3),
             ZeroSetting(3, offload_optimizer=True), ZeroSetting(3, offload_optimizer=True, offload_params=True))
@@ -48,45 +51,81 @@ def trainable_params(cfg: RunConfig, shape: ModelShape) -> int:
     return shape.total_params if t.method == "full" else shape.lora_params(t.lora_targets, t.lora_r)
 
 
-def training(cfg: RunConfig, config, shape: ModelShape) -> dict:
-    """One micro-batch's training memory beyond the model states, the same under every ZeRO setting:
-    the activations autograd saves for ``train.micro_batch_size`` rows of ``train.cutoff_len`` tokens
-    (the bound: a packed row is that long, a padded batch at most), and the loss head's peak."""
-    t = cfg.train
-    dtype = getattr(torch, cfg.model.dtype)
-    lora = None
-    if t.method != "full":  # QLoRA: counted as LoRA on a base at model.dtype (4-bit layers save their input too)
-        lora = dict(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                    target_modules="all-linear" if t.lora_targets == ["all-linear"] else t.lora_targets)
-    acts = count_activations(config, dtype, t.micro_batch_size, t.cutoff_len, lora)
-    fused = t.fused_loss == "on" or (t.fused_loss == "auto" and shape.fused_loss_blocker is None)
-    head = loss_head_bytes(t.micro_batch_size * t.cutoff_len, shape.hidden_size, shape.vocab_size,
-                           _WEIGHT_BYTES[cfg.model.dtype], fused, head_trained=t.method == "full")
-    return {"micro_batch": t.micro_batch_size, "tokens_per_row": t.cutoff_len,
-            "checkpointing": t.gradient_checkpointing, "activations_gib": acts.saved(t.gradient_checkpointing) / GIB,
-            "activations_other_gib": acts.saved(not t.gradient_checkpointing) / GIB,
-            "fused_loss": fused, "loss_head_gib": head / GIB}
+class TrainingMemory:
+    """A training step's bytes on a rank for any ZeRO setting, checkpointing and micro-batch: the model
+    states plus one micro-batch's activations and loss head. The activations are counted once, for the
+    configured micro-batch (``train.micro_batch_size`` rows of ``train.cutoff_len`` tokens: the bound, a
+    packed row is that long, a padded batch at most), and scaled by rows for another micro-batch."""
+
+    def __init__(self, cfg: RunConfig, config, shape: ModelShape, gpus_per_node: int, nodes: int):
+        t = cfg.train
+        self.cfg, self.shape, self.gpus_per_node, self.nodes = cfg, shape, gpus_per_node, nodes
+        self.width = _WEIGHT_BYTES[cfg.model.dtype]
+        self.trainable = trainable_params(cfg, shape)
+        lora = None
+        if t.method != "full":  # QLoRA: counted as LoRA on a base at model.dtype (4-bit layers save their input too)
+            lora = dict(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                        target_modules="all-linear" if t.lora_targets == ["all-linear"] else t.lora_targets)
+        self.acts = count_activations(config, getattr(torch, cfg.model.dtype), t.micro_batch_size, t.cutoff_len, lora)
+        self.fused = t.fused_loss == "on" or (t.fused_loss == "auto" and shape.fused_loss_blocker is None)
+
+    def activations(self, checkpointing: bool, micro: int | None = None) -> int:
+        configured = self.cfg.train.micro_batch_size
+        return self.acts.saved(checkpointing) * (micro or configured) // configured
+
+    def head(self, micro: int | None = None) -> int:
+        tokens = (micro or self.cfg.train.micro_batch_size) * self.cfg.train.cutoff_len
+        return loss_head_bytes(tokens, self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused,
+                               head_trained=self.cfg.train.method == "full")
+
+    def states(self, setting: ZeroSetting):
+        return model_states(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
+                            self.gpus_per_node, self.nodes)
+
+    def peak(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
+        """Bytes allocated at the step's peak on a rank."""
+        return self.states(setting).gpu + self.activations(checkpointing, micro) + self.head(micro)
+
+    def needed(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
+        """Card memory the step takes: its peak with the allocator's reserve and the CUDA context."""
+        return needed_bytes(self.peak(setting, checkpointing, micro))
 
 
-def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1) -> dict:
+def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, work: Workload | None = None) -> dict:
     """The training step's peak per rank (GPU) and the model states per node (CPU) for each ZeRO setting,
-    whether they fit ``gpu``, and distillation's and evaluation's memory, for the transformers ``config``."""
+    whether they fit ``gpu``, the cheapest setting that fits, distillation's and evaluation's memory, and
+    (with ``work``) the time each stage takes, for the transformers ``config``."""
     shape = model_shape(config)
-    trainable = trainable_params(cfg, shape)
-    train = training(cfg, config, shape)
-    step_bytes = int((train["activations_gib"] + train["loss_head_gib"]) * GIB)
+    t = cfg.train
+    mem = TrainingMemory(cfg, config, shape, gpus_per_node, nodes)
+    ckpt = t.gradient_checkpointing
     rows = []
     for setting in SETTINGS:
-        b = model_states(shape, cfg.train.method, trainable, _WEIGHT_BYTES[cfg.model.dtype], setting, gpus_per_node,
-                         nodes)
-        peak = b.gpu + step_bytes
-        rows.append({"setting": setting.name, "states_gib": b.gpu / GIB, "peak_gib": peak / GIB,
-                     "needed_gib": needed_bytes(peak) / GIB, "cpu_gib": b.cpu / GIB,
-                     "fits": needed_bytes(peak) <= gpu.memory_gib * GIB})
-    return {"model": cfg.model.path, "total_params": shape.total_params, "trainable_params": trainable,
-            "method": cfg.train.method, "objective": cfg.train.objective, "gpu": asdict(gpu),
-            "gpus_per_node": gpus_per_node, "nodes": nodes, "training": train, "zero": rows,
-            "generation": generation(cfg, shape, gpu)}
+        states = mem.states(setting)
+        rows.append({"setting": setting.name, "states_gib": states.gpu / GIB, "peak_gib": mem.peak(setting, ckpt) / GIB,
+                     "needed_gib": mem.needed(setting, ckpt) / GIB, "cpu_gib": states.cpu / GIB,
+                     "fits": mem.needed(setting, ckpt) <= gpu.memory_gib * GIB})
+    world = gpus_per_node * nodes
+    choice = cheapest(mem.needed, t.micro_batch_size, t.grad_accum, gpu.memory_gib * GIB, world)
+    timing = estimate(cfg, shape, gpu, world, work, _WEIGHT_BYTES[cfg.generation_dtype]) if work else None
+    return {"model": cfg.model.path, "total_params": shape.total_params, "trainable_params": mem.trainable,
+            "method": t.method, "objective": t.objective, "gpu": asdict(gpu),
+            "gpus_per_node": gpus_per_node, "nodes": nodes,
+            "training": {"micro_batch": t.micro_batch_size, "tokens_per_row": t.cutoff_len, "checkpointing": ckpt,
+                         "activations_gib": mem.activations(ckpt) / GIB,
+                         "activations_other_gib": mem.activations(not ckpt) / GIB,
+                         "fused_loss": mem.fused, "loss_head_gib": mem.head() / GIB},
+            "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, shape, gpu),
+            "time": timing}
+
+
+def _choice_dict(choice: Choice | None) -> dict | None:
+    if choice is None:
+        return None
+    return {"setting": choice.setting.name, "checkpointing": choice.checkpointing, "micro_batch": choice.micro_batch,
+            "grad_accum": choice.grad_accum, "needed_gib": choice.needed_bytes / GIB,
+            "shipped": SHIPPED.get(choice.setting), "plain_pytorch": choice.plain_pytorch,
+            "overrides": choice.overrides(), **asdict(choice.setting)}
 
 
 def generation(cfg: RunConfig, shape: ModelShape, gpu: Card) -> list[dict]:
@@ -129,8 +168,42 @@ def render(report: dict) -> str:
     for g in report["generation"]:
         lines.append(f"  {g['stage']:<10}{g['slots']:>6}{g['capacity']:>13}{g['weights_gib']:>13.2f}"
                      f"{g['kv_cache_gib']:>14.2f}  {'yes' if g['fits'] else 'no'}")
-    missing = "time"
+    lines += ["", *_render_recommendation(report), "", *_render_time(report)]
     if report["objective"] == "on_policy":
-        missing = "on-policy training's teacher and sampling, " + missing
-    lines += ["", f"not counted yet: {missing} (docs/plan.md)"]
+        lines += ["", "not counted yet: on-policy training's teacher and sampling (docs/plan.md)"]
     return "\n".join(lines)
+
+
+def _render_recommendation(report: dict) -> list[str]:
+    r = report["recommendation"]
+    if r is None:
+        return [f"recommended: nothing fits {report['gpu']['name']}: even ZeRO-3 with the weights on the CPU, "
+                "gradient checkpointing and micro-batch 1 need more; use more or larger cards, LoRA, or a shorter "
+                "train.cutoff_len"]
+    where = ("plain PyTorch (one process, no DeepSpeed)" if r["plain_pytorch"] else
+             f"train.deepspeed={r['shipped']} (shipped)" if r["shipped"] else "no shipped config: --write-ds-config PATH")
+    return [f"recommended (the cheapest that fits): {r['setting']}, micro-batch {r['micro_batch']} x accumulation "
+            f"{r['grad_accum']}, gradient checkpointing {'on' if r['checkpointing'] else 'off'}: "
+            f"{r['needed_gib']:.2f} GiB with headroom, {where}",
+            f"  sdft run CONFIG {' '.join(r['overrides'])}"]
+
+
+def _render_time(report: dict) -> list[str]:
+    t = report["time"]
+    if t is None:
+        why = ("the card is given by its memory only" if report["gpu"]["bf16_tflops"] is None
+               else "data.train is not a local file with a tokenizer beside the model: give --examples N --avg-tokens N")
+        return [f"time: not estimated ({why})"]
+    s = t["seconds"]
+    parts = ", ".join(f"{k} {_hours(v)}" for k, v in s.items())
+    return [f"time (upper estimate): {parts}; {t['optimizer_steps']:,} optimizer steps, "
+            f"{t['train_tokens']:,.0f} training tokens ({t['source']})",
+            f"  assumed: training at {t['train_efficiency']:.2f} of the card's bf16 peak (sdft's measured H100 step), "
+            f"decoding at {t['decode_efficiency']:.2f} of its bandwidth (not measured yet), every answer at "
+            "max_new_tokens"]
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"

@@ -77,7 +77,7 @@ def test_cards_by_name_or_memory():
 def test_the_command_plans_the_tiny_model_and_a_70b_config(tmp_path, capsys):
     assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--gpus", "2", "--gpu", "24GiB"]) == 0
     out = capsys.readouterr().out
-    assert "2 24.0 GiB card" in out and "ZeRO-3+offload params" in out and "not counted yet" in out
+    assert "2 24.0 GiB card" in out and "ZeRO-3+offload params" in out and "recommended" in out
     llama70 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
                "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
                "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}
