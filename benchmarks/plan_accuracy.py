@@ -5,7 +5,9 @@
     python benchmarks/plan_accuracy.py --h100-anchor    # the plan beside RESULTS.md's H100 train step
 
 Each case runs in its own process: a random Llama of the case's shape (or SmolLM2-135M), full or LoRA,
-float32 or bfloat16, sdft's loss (``CausalLMLoss``, fused or plain), AdamW; one warm-up step (the
+float32 or bfloat16, sdft's loss (``CausalLMLoss``, fused or plain; ``onpolicy``: on-policy training's
+``SelfDistillationLoss`` with its seed teacher, rows of prompt + a 128-token answer, the answer scored),
+AdamW; one warm-up step (the
 optimizer's states exist after it), gradients set to None, then one measured step (forward, backward,
 optimizer step) over [rows, seq] tokens, every position labelled.
 
@@ -41,6 +43,9 @@ CASES = [dict(name=f"mid-{method}-{dtype}-{'fused' if fused else 'plain'}{'-ckpt
               model="mid", method=method, dtype=dtype, fused=fused, ckpt=ckpt, rows=4, seq=512)
          for method in ("full", "lora") for dtype in ("float32", "bfloat16")
          for fused, ckpt in ((True, False), (False, False), (True, True))]
+CASES += [dict(name=f"mid-{method}-{dtype}-onpolicy-{'fused' if fused else 'plain'}", model="mid", method=method,
+               dtype=dtype, fused=fused, ckpt=False, rows=4, seq=512, objective="on_policy", answer=128)
+          for method, dtype in (("lora", "float32"), ("full", "bfloat16")) for fused in (True, False)]
 CASES += [dict(name=f"smollm2-{method}-float32-fused", model="smollm2", method=method, dtype="float32", fused=True,
                ckpt=False, rows=2, seq=512) for method in ("full", "lora")]
 
@@ -77,7 +82,7 @@ def _build(case: dict, device: torch.device):
 
 def measure(case: dict) -> dict:
     """One case, in this process: (measured, predicted) bytes of one training step."""
-    from sdft.plan.activations import count_activations, loss_head_bytes
+    from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
     from sdft.train.objective import CausalLMLoss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,14 +91,31 @@ def measure(case: dict) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if case["method"] == "lora":
             model.enable_input_require_grads()
-    loss_fn = CausalLMLoss(model, case["fused"])
+    on_policy = case.get("objective") == "on_policy"
+    rows, seq = case["rows"], case["seq"]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, config.vocab_size, (rows, seq), generator=g).to(device)
+    if on_policy:  # the student's and the teacher's prompt + the same answer, its last tokens scored
+        from sdft.config.schema import RunConfig
+        from sdft.train.on_policy import SelfDistillationLoss
+        from sdft.train.teacher import Teacher
+
+        run = RunConfig()
+        teacher = Teacher(model, run.train.on_policy, lora=case["method"] == "lora")
+        loss_fn = SelfDistillationLoss(model, teacher, run, case["fused"])
+        scored = torch.zeros(rows, seq, dtype=torch.bool, device=device)
+        scored[:, seq - 1 - case["answer"]:seq - 1] = True
+        t_ids = torch.randint(3, config.vocab_size, (rows, seq), generator=g).to(device)
+        mask = torch.ones_like(ids)
+        batch = (ids, mask, scored, t_ids, mask, scored)
+    else:
+        loss_fn = CausalLMLoss(model, case["fused"])
+        batch = (ids, ids.clone())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, config.vocab_size, (case["rows"], case["seq"]), generator=g).to(device)
 
     def step():
-        loss_fn(ids, ids.clone()).backward()
+        loss_fn(*batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -115,8 +137,12 @@ def measure(case: dict) -> dict:
     acts = counted.saved(case["ckpt"])
     width = torch.finfo(dtype).bits // 8
     head_trained = case["method"] == "full"
-    head = loss_head_bytes(case["rows"] * case["seq"], config.hidden_size, config.vocab_size, width, case["fused"],
-                           head_trained, cuda=device.type == "cuda")
+    if on_policy:
+        head = divergence_head_bytes(rows * seq, rows * case["answer"], config.hidden_size, config.vocab_size, width,
+                                     case["fused"], head_trained, cuda=device.type == "cuda")
+    else:
+        head = loss_head_bytes(rows * seq, config.hidden_size, config.vocab_size, width, case["fused"], head_trained,
+                               cuda=device.type == "cuda")
     grads = sum(p.numel() * p.element_size() for p in params)
     # The step allocates the gradients in backward as it frees the activations: the peak is at the end
     # of forward, or with checkpointing near the end of backward (every gradient, one layer recomputed).

@@ -156,3 +156,33 @@ def loss_head_bytes(tokens: int, hidden: int, vocab: int, dtype_bytes: int, fuse
     if head_trained:
         weight_grad = vocab * hidden * (dtype_bytes if cuda else 4 + (dtype_bytes if dtype_bytes != 4 else 0))
     return tokens * hidden * dtype_bytes + chunk + weight_grad
+
+
+def divergence_head_bytes(positions: int, scored: int, hidden: int, vocab: int, dtype_bytes: int, fused: bool,
+                          head_trained: bool, cuda: bool = True) -> int:
+    """On-policy training's loss head beyond the student's activations, for a micro-batch of ``positions``
+    student positions of which ``scored`` are scored answer tokens.
+
+    Plain (``token_divergence``): first the student's [positions, V] logits at the model's width beside
+    the scored rows of both models' logits; then, at the end of forward, those scored rows, their float32
+    copies (none when they are float32 already) and the float32 math over them (both log-softmaxes, the
+    teacher's probabilities, the difference and the product: 5 values a logit). Fused
+    (``sdft_kernels.fused_linear_divergence``): the scored hidden states of both models and their
+    gradient [scored, H], a chunk of both logits (float32 math on the CPU path: six more), and with a
+    trained head its gradient as in ``loss_head_bytes``.
+    """
+    if not fused:
+        copies = 0 if dtype_bytes == 4 else 8
+        return max(positions * vocab * dtype_bytes + scored * vocab * 2 * dtype_bytes,
+                   scored * vocab * (2 * dtype_bytes + copies + 20))
+    from sdft_kernels.fused_linear_ce import default_chunk_rows
+    from sdft_kernels.fused_linear_divergence import CPU_MIN_CHUNK_ROWS
+
+    rows = default_chunk_rows(scored, hidden, vocab)
+    if not cuda:
+        rows = max(rows, CPU_MIN_CHUNK_ROWS)
+    chunk = min(scored, rows) * vocab * (2 * dtype_bytes + (0 if cuda else 24))
+    weight_grad = 0
+    if head_trained:
+        weight_grad = vocab * hidden * (dtype_bytes if cuda else 4 + (dtype_bytes if dtype_bytes != 4 else 0))
+    return 3 * scored * hidden * dtype_bytes + chunk + weight_grad

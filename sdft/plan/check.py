@@ -38,7 +38,7 @@ def shortfalls(cfg: RunConfig, config, memory_bytes: int, gpus_per_node: int, no
         mem = TrainingMemory(cfg, config, shape, gpus_per_node, nodes)
         setting = configured_setting(cfg)
         need = mem.needed(setting, t.gradient_checkpointing)
-        if need > memory_bytes:
+        if mem.supported(setting) and need > memory_bytes:  # an unsupported one is refused by its objective
             fix = cheapest(mem.needed, t.micro_batch_size, t.grad_accum, memory_bytes, gpus_per_node * nodes)
             hint = (f"`sdft plan` finds {' '.join(fix.overrides())} fits ({fix.needed_bytes / GIB:.1f} GiB)" if fix
                     else "nothing fits these cards (`sdft plan` shows the figures)")

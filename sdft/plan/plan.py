@@ -4,8 +4,7 @@ From the model's ``config.json`` alone: the training step's peak per rank for ev
 states: weights, gradients, optimizer states; the activations of a micro-batch, with or without gradient
 checkpointing; the loss head, fused or not; allocator headroom), the cheapest setting that fits
 (``recommend``), the weights and the engine's KV cache of distillation and evaluation, and with the
-data's size the time each stage takes (``timing``). An on-policy teacher and its sampling are not
-counted yet (docs/plan.md).
+data's size the time each stage takes (``timing``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.models.builtin import resolve_model_path
-from sdft.plan.activations import count_activations, loss_head_bytes
+from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
 from sdft.plan.cards import Card
 from sdft.plan.memory import ZeroSetting, frozen_bytes, kv_cache_bytes, model_states
 from sdft.plan.recommend import SHIPPED, Choice, cheapest
@@ -66,7 +65,11 @@ class TrainingMemory:
         if t.method != "full":  # QLoRA: counted as LoRA on a base at model.dtype (4-bit layers save their input too)
             lora = dict(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                         target_modules="all-linear" if t.lora_targets == ["all-linear"] else t.lora_targets)
-        self.acts = count_activations(config, getattr(torch, cfg.model.dtype), t.micro_batch_size, t.cutoff_len, lora)
+        # On-policy training runs each prompt's samples as rows of prompt + answer, at most cutoff_len long.
+        self.on_policy = t.objective == "on_policy"
+        self.samples = t.on_policy.samples_per_prompt if self.on_policy else 1
+        self.acts = count_activations(config, getattr(torch, cfg.model.dtype), t.micro_batch_size * self.samples,
+                                      t.cutoff_len, lora)
         self.fused = t.fused_loss == "on" or (t.fused_loss == "auto" and shape.fused_loss_blocker is None)
 
     def activations(self, checkpointing: bool, micro: int | None = None) -> int:
@@ -74,20 +77,53 @@ class TrainingMemory:
         return self.acts.saved(checkpointing) * (micro or configured) // configured
 
     def head(self, micro: int | None = None) -> int:
-        tokens = (micro or self.cfg.train.micro_batch_size) * self.cfg.train.cutoff_len
-        return loss_head_bytes(tokens, self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused,
-                               head_trained=self.cfg.train.method == "full")
+        t = self.cfg.train
+        rows = (micro or t.micro_batch_size) * self.samples
+        trained = t.method == "full"
+        if self.on_policy:  # every answer token scored, at its bound
+            return divergence_head_bytes(rows * t.cutoff_len, rows * t.on_policy.sampling.max_new_tokens,
+                                         self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused, trained)
+        return loss_head_bytes(rows * t.cutoff_len, self.shape.hidden_size, self.shape.vocab_size, self.width,
+                               self.fused, head_trained=trained)
+
+    def teacher(self) -> int:
+        """On-policy training's teacher weights: none for LoRA's seed teacher (the adapters are switched
+        off), else a float32 copy of the trained weights (``train.teacher``)."""
+        if not self.on_policy or (self.cfg.train.method != "full" and self.cfg.train.on_policy.teacher == "seed"):
+            return 0
+        return self.trainable * 4
+
+    def sampling(self, setting: ZeroSetting) -> int:
+        """On-policy training's sampling between steps: the engine's KV cache for this rank's prompts of a
+        step (micro-batch x accumulation x samples, capacity ``train.cutoff_len``) and, under ZeRO-3, the
+        weights the other ranks hold, gathered for it."""
+        if not self.on_policy:
+            return 0
+        t = self.cfg.train
+        kv = kv_cache_bytes(self.shape, t.micro_batch_size * t.grad_accum * self.samples, t.cutoff_len, self.width)
+        world = self.gpus_per_node * self.nodes
+        gathered = self.shape.total_params * self.width * (world - 1) // world if setting.stage == 3 else 0
+        return kv + gathered
 
     def states(self, setting: ZeroSetting):
         return model_states(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
                             self.gpus_per_node, self.nodes)
 
     def peak(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
-        """Bytes allocated at the step's peak on a rank."""
-        return self.states(setting).gpu + self.activations(checkpointing, micro) + self.head(micro)
+        """Bytes allocated at the step's peak on a rank: the model states (and an on-policy teacher), then
+        the larger of the forward/backward (activations and loss head) and on-policy sampling."""
+        step = self.activations(checkpointing, micro) + self.head(micro)
+        return self.states(setting).gpu + self.teacher() + max(step, self.sampling(setting))
 
-    def needed(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
-        """Card memory the step takes: its peak with the allocator's reserve and the CUDA context."""
+    def supported(self, setting: ZeroSetting) -> bool:
+        """False where sdft refuses the setting: on-policy training with a teacher copy under ZeRO-3."""
+        return not (setting.stage == 3 and self.teacher() > 0)
+
+    def needed(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> float:
+        """Card memory the step takes: its peak with the allocator's reserve and the CUDA context
+        (infinite for a setting sdft does not support, so nothing recommends it)."""
+        if not self.supported(setting):
+            return float("inf")
         return needed_bytes(self.peak(setting, checkpointing, micro))
 
 
@@ -102,9 +138,10 @@ def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, 
     rows = []
     for setting in SETTINGS:
         states = mem.states(setting)
-        rows.append({"setting": setting.name, "states_gib": states.gpu / GIB, "peak_gib": mem.peak(setting, ckpt) / GIB,
-                     "needed_gib": mem.needed(setting, ckpt) / GIB, "cpu_gib": states.cpu / GIB,
-                     "fits": mem.needed(setting, ckpt) <= gpu.memory_gib * GIB})
+        peak = mem.peak(setting, ckpt)
+        rows.append({"setting": setting.name, "states_gib": states.gpu / GIB, "peak_gib": peak / GIB,
+                     "needed_gib": needed_bytes(peak) / GIB, "cpu_gib": states.cpu / GIB,
+                     "fits": mem.needed(setting, ckpt) <= gpu.memory_gib * GIB, "supported": mem.supported(setting)})
     world = gpus_per_node * nodes
     choice = cheapest(mem.needed, t.micro_batch_size, t.grad_accum, gpu.memory_gib * GIB, world)
     timing = estimate(cfg, shape, gpu, world, work, _WEIGHT_BYTES[cfg.generation_dtype]) if work else None
@@ -114,7 +151,9 @@ def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, 
             "training": {"micro_batch": t.micro_batch_size, "tokens_per_row": t.cutoff_len, "checkpointing": ckpt,
                          "activations_gib": mem.activations(ckpt) / GIB,
                          "activations_other_gib": mem.activations(not ckpt) / GIB,
-                         "fused_loss": mem.fused, "loss_head_gib": mem.head() / GIB},
+                         "fused_loss": mem.fused, "loss_head_gib": mem.head() / GIB,
+                         "teacher_gib": mem.teacher() / GIB, "sampling_gib": mem.sampling(ZeroSetting(2)) / GIB,
+                         "samples_per_prompt": mem.samples, "on_policy": mem.on_policy},
             "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, shape, gpu),
             "time": timing}
 
@@ -160,7 +199,7 @@ def render(report: dict) -> str:
              f"  {'setting':<24}{'states GiB':>12}{'peak GiB':>10}{'+headroom':>11}{'CPU GiB/node':>14}  fits"]
     for r in report["zero"]:
         lines.append(f"  {r['setting']:<24}{r['states_gib']:>12.2f}{r['peak_gib']:>10.2f}{r['needed_gib']:>11.2f}"
-                     f"{r['cpu_gib']:>14.2f}  {'yes' if r['fits'] else 'no'}")
+                     f"{r['cpu_gib']:>14.2f}  {_fits(r)}")
     lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head; "
               f"+headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
               "", "generation per rank (replica mode; the longest prompt at its bound):",
@@ -168,10 +207,18 @@ def render(report: dict) -> str:
     for g in report["generation"]:
         lines.append(f"  {g['stage']:<10}{g['slots']:>6}{g['capacity']:>13}{g['weights_gib']:>13.2f}"
                      f"{g['kv_cache_gib']:>14.2f}  {'yes' if g['fits'] else 'no'}")
+    if t["on_policy"]:
+        lines.insert(4, f"  on-policy: {t['samples_per_prompt']} sample(s) a prompt, rows of prompt + answer; teacher "
+                        f"weights {t['teacher_gib']:.2f} GiB; sampling between steps: KV cache {t['sampling_gib']:.2f} "
+                        "GiB (+ the gathered weights at ZeRO-3)")
     lines += ["", *_render_recommendation(report), "", *_render_time(report)]
-    if report["objective"] == "on_policy":
-        lines += ["", "not counted yet: on-policy training's teacher and sampling (docs/plan.md)"]
     return "\n".join(lines)
+
+
+def _fits(row: dict) -> str:
+    if not row["supported"]:
+        return "not supported (an on-policy teacher copy under ZeRO-3)"
+    return "yes" if row["fits"] else "no"
 
 
 def _render_recommendation(report: dict) -> list[str]:

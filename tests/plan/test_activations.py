@@ -62,3 +62,19 @@ def test_the_fused_head_holds_one_chunk_and_the_gradients_the_plain_head_every_l
     cast = dtype_bytes if dtype_bytes != 4 else 0  # the float32 accumulator's copy at the weight's width
     assert trained_cpu == n * h * dtype_bytes + chunk * v * (dtype_bytes + 4) + v * h * (4 + cast)
     assert trained_cpu < loss_head_bytes(n, h, v, dtype_bytes, fused=False, head_trained=True)
+
+
+@pytest.mark.parametrize("dtype_bytes", [4, 2])
+def test_the_divergence_head_counts_the_scored_logits_of_both_models(dtype_bytes):
+    from sdft.plan.activations import divergence_head_bytes
+    from sdft_kernels.fused_linear_ce import default_chunk_rows
+    from sdft_kernels.fused_linear_divergence import CPU_MIN_CHUNK_ROWS
+
+    positions, scored, h, v = 4000, 500, 64, 5000
+    copies = 0 if dtype_bytes == 4 else 8  # float32 copies of both models' scored logits
+    plain = divergence_head_bytes(positions, scored, h, v, dtype_bytes, fused=False, head_trained=False)
+    assert plain == max(positions * v * dtype_bytes + scored * v * 2 * dtype_bytes,
+                        scored * v * (2 * dtype_bytes + copies + 20))
+    chunk = max(default_chunk_rows(scored, h, v), CPU_MIN_CHUNK_ROWS)
+    cpu = divergence_head_bytes(positions, scored, h, v, dtype_bytes, fused=True, head_trained=False, cuda=False)
+    assert cpu == 3 * scored * h * dtype_bytes + chunk * v * (2 * dtype_bytes + 24) < plain

@@ -128,3 +128,33 @@ def test_the_kv_cache_is_the_one_the_engine_allocates(tiny_model_dir, tiny_tok, 
     shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
     capacity = max(map(len, prompts.values())) + 7
     assert caches and caches[0].bytes() == kv_cache_bytes(shape, 3, capacity, 4) > 0
+
+
+@pytest.mark.parametrize("method, teacher, copy", [("lora", "seed", False), ("lora", "ema", True), ("full", "seed", True)])
+def test_on_policy_training_counts_its_samples_teacher_and_sampling(tiny_model_dir, method, teacher, copy):
+    from transformers import AutoConfig
+
+    from sdft.config import load_config
+    from sdft.plan.cards import card
+    from sdft.plan.memory import kv_cache_bytes
+    from sdft.plan.plan import TrainingMemory, plan
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    shape = model_shape(config)
+    over = [f"model.path={tiny_model_dir}", f"train.method={method}", f"train.on_policy.teacher={teacher}"]
+    sft = TrainingMemory(load_config(EXAMPLES / "tiny.yaml", over), config, shape, 4, 1)
+    cfg = load_config(EXAMPLES / "tiny.yaml", [*over, "train.objective=on_policy", "train.on_policy.samples_per_prompt=2"])
+    mem = TrainingMemory(cfg, config, shape, 4, 1)
+    # Two samples a prompt: twice the rows of prompt + answer, each at most train.cutoff_len (up to the
+    # rotary tables, one for all rows).
+    assert mem.activations(False) == pytest.approx(2 * sft.activations(False), rel=1e-2)
+    assert mem.teacher() == (4 * mem.trainable if copy else 0)
+    t = cfg.train
+    kv = kv_cache_bytes(shape, t.micro_batch_size * t.grad_accum * 2, t.cutoff_len, 4)
+    assert mem.sampling(ZeroSetting(2)) == kv
+    assert mem.sampling(ZeroSetting(3)) == kv + shape.total_params * 4 * 3 // 4  # the other ranks' shares, gathered
+    assert mem.supported(ZeroSetting(3)) is not copy and mem.supported(ZeroSetting(2))
+    report = plan(cfg, config, card("H100"), 4)
+    rows = {r["setting"]: r for r in report["zero"]}
+    assert rows["ZeRO-3"]["supported"] is not copy
+    assert report["recommendation"]["stage"] == 0 and report["training"]["on_policy"]
