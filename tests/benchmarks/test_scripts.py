@@ -100,3 +100,9 @@ def test_plan_accuracy_benchmark_measures_a_step_and_prints_the_h100_anchor():
     predicted, measured, ratio = (float(x) for x in row.strip("| ").split(" | ")[-3:])
     assert predicted > 0 and measured > 0 and ratio == pytest.approx(predicted / measured, abs=1e-3)
     assert "within +-15%: " in out and out.count("H100 train step") == 2
+
+
+def test_plan_table_plans_every_model_method_and_cluster():
+    _, out = _run("plan_table.py")
+    rows = [line for line in out.splitlines() if line.startswith("| Llama")]
+    assert len(rows) == 3 * 2 * 3 and all(" h |" in r for r in rows)
