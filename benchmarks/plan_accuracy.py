@@ -46,6 +46,10 @@ CASES = [dict(name=f"mid-{method}-{dtype}-{'fused' if fused else 'plain'}{'-ckpt
 CASES += [dict(name=f"mid-{method}-{dtype}-onpolicy-{'fused' if fused else 'plain'}", model="mid", method=method,
                dtype=dtype, fused=fused, ckpt=False, rows=4, seq=512, objective="on_policy", answer=128)
           for method, dtype in (("lora", "float32"), ("full", "bfloat16")) for fused in (True, False)]
+# On a GPU also the Llama-3.2-1B shape at the train-step benchmark's 2048-token rows.
+GPU_CASES = [dict(name=f"1b-{method}-bfloat16-{'fused' if fused else 'plain'}{'-ckpt' if ckpt else ''}", model="llama3.2-1b",
+                  method=method, dtype="bfloat16", fused=fused, ckpt=ckpt, rows=4, seq=2048)
+             for method in ("full", "lora") for fused, ckpt in ((True, False), (False, False), (True, True))]
 CASES += [dict(name=f"smollm2-{method}-float32-fused", model="smollm2", method=method, dtype="float32", fused=True,
                ckpt=False, rows=2, seq=512) for method in ("full", "lora")]
 
@@ -73,9 +77,10 @@ def _build(case: dict, device: torch.device):
             model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
         return model.train(), config
     from transformers import LlamaConfig
+    from workload import SHAPES
 
     torch.manual_seed(0)
-    config = LlamaConfig(max_position_embeddings=4096, **MID)
+    config = LlamaConfig(max_position_embeddings=4096, **(MID if case["model"] == "mid" else SHAPES[case["model"]]))
     lora = LORA if case["method"] == "lora" else None
     return plan_model(config, dtype, lora, device=device.type, attention="sdpa"), config
 
@@ -192,7 +197,7 @@ def main() -> None:
     print("| case | activations MiB | head MiB | grads MiB | predicted MiB | measured MiB | predicted / measured |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ratios = []
-    for case in CASES:
+    for case in CASES + (GPU_CASES if torch.cuda.is_available() else []):
         if args.cases not in case["name"]:
             continue
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)], env=env, capture_output=True,

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, by section. From the repository root:
-#   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation; default both)
+#   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation plan; default all)
 # kernels (about 6 minutes on one H100): the GPU tests of the kernels, then the loss-head, train-step and
 # packing benchmarks at their issue's shapes. generation (about 5 minutes): the engine's CUDA tests
 # (eager and CUDA graphs), then the engine, eager and with CUDA graphs, against `generate` (dynamic and
 # static cache) on the 1.24B Llama shape at batch 64, 128 and 256, and on long-tailed answer lengths
-# (the quickstart's rewrites, a lognormal) at batch 128.
+# (the quickstart's rewrites, a lognormal) at batch 128. plan (about 3 minutes): sdft plan's training-step
+# memory against the CUDA allocator's peak of real steps (benchmarks/plan_accuracy.py, with the
+# Llama-3.2-1B shape on the GPU; the LoRA cases need peft's wheel in .whl/, a case that cannot run prints
+# its error in its row).
 # Installs this repository (no dependencies) and any wheels in .whl/ (liger-kernel, for the Liger
 # baseline) into /tmp/site first: the GPU image has torch, triton and transformers, and no network.
 # Each step has its own time limit and a failing step does not stop the next. Log: OUT_DIR/log.txt.
 set -u
 out=${1:-${OUT:-/tmp/sdft-gpu}}
 sections=${*:2}
-sections=${sections:-kernels generation}
+sections=${sections:-kernels generation plan}
 mkdir -p "$out"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 step() { local limit=$1; shift; echo "== [$(date +%T)] $*" | tee -a "$out/log.txt"
@@ -33,5 +36,8 @@ step 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_engin
 step 300 python3 benchmarks/generation.py --shape llama3.2-1b --batch 64 128 256 --prompts 256 --prompt 256 --new 256
 step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths math
 step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prompt 256 --new 256 --lengths heavy
+fi
+if [[ " $sections " == *" plan "* ]]; then
+step 300 python3 benchmarks/plan_accuracy.py
 fi
 echo "== [$(date +%T)] done" | tee -a "$out/log.txt"
