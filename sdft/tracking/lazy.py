@@ -34,4 +34,7 @@ def defer(name: str) -> None:
         return
     stand_in = _Deferred(name)
     stand_in.__spec__ = spec  # what the import system reads of a module in sys.modules
+    # inspect.getmodule asks every module in sys.modules for its __file__ (torch does it at import, for
+    # each custom op it registers): answered here, it does not import the real module.
+    stand_in.__file__ = spec.origin
     sys.modules[name] = stand_in
