@@ -154,7 +154,7 @@ def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, 
                          "fused_loss": mem.fused, "loss_head_gib": mem.head() / GIB,
                          "teacher_gib": mem.teacher() / GIB, "sampling_gib": mem.sampling(ZeroSetting(2)) / GIB,
                          "samples_per_prompt": mem.samples, "on_policy": mem.on_policy},
-            "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, shape, gpu),
+            "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, shape, gpu, world),
             "time": timing}
 
 
@@ -167,20 +167,25 @@ def _choice_dict(choice: Choice | None) -> dict | None:
             "overrides": choice.overrides(), **asdict(choice.setting)}
 
 
-def generation(cfg: RunConfig, shape: ModelShape, gpu: Card) -> list[dict]:
-    """Distillation and evaluation on one rank (replica mode): the weights at ``generation.dtype`` and the
-    engine's KV cache for its slots, the longest prompt taken at its bound (``distill.cutoff_len``; for
-    evaluation ``train.cutoff_len``, as the data is not read)."""
+def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> list[dict]:
+    """Distillation and evaluation on one rank: the weights at ``generation.dtype`` and the engine's KV
+    cache for its slots, the longest prompt taken at its bound (``distill.cutoff_len``; for evaluation
+    ``train.cutoff_len``, as the data is not read). Replica mode holds the whole model on each rank;
+    distillation in ``distill.mode=zero3`` on several ranks holds its share of the weights plus what it
+    gathers: the whole model once per batch (``distill.zero3_gather``), or one module at a time."""
     width = _WEIGHT_BYTES[cfg.generation_dtype]
-    quantized = cfg.distill.quantized
+    d = cfg.distill
     out = []
-    for stage, slots, prompt, new in (
-            ("distill", cfg.distill.batch_size, cfg.distill.cutoff_len, cfg.distill.sampling.max_new_tokens),
-            ("eval", cfg.eval.batch_size, cfg.train.cutoff_len, cfg.eval.sampling.max_new_tokens)):
-        weights = (frozen_bytes(shape, "qlora", width) if stage == "distill" and quantized
-                   else shape.total_params * width)
+    for stage, slots, prompt, new in (("distill", d.batch_size, d.cutoff_len, d.sampling.max_new_tokens),
+                                      ("eval", cfg.eval.batch_size, cfg.train.cutoff_len, cfg.eval.sampling.max_new_tokens)):
+        whole = frozen_bytes(shape, "qlora", width) if stage == "distill" and d.quantized else shape.total_params * width
+        weights, mode = whole, "replica"
+        if stage == "distill" and d.mode == "zero3" and world > 1:
+            gathered = whole if d.zero3_gather else shape.largest_layer_params * width
+            weights = shape.total_params * width // world + gathered
+            mode = "zero3, whole model gathered" if d.zero3_gather else "zero3, a module at a time"
         kv = kv_cache_bytes(shape, slots, prompt + new, width)
-        out.append({"stage": stage, "slots": slots, "capacity": prompt + new, "weights_gib": weights / GIB,
+        out.append({"stage": stage, "mode": mode, "slots": slots, "capacity": prompt + new, "weights_gib": weights / GIB,
                     "kv_cache_gib": kv / GIB, "fits": needed_bytes(weights + kv) <= gpu.memory_gib * GIB})
     return out
 
@@ -202,11 +207,11 @@ def render(report: dict) -> str:
                      f"{r['cpu_gib']:>14.2f}  {_fits(r)}")
     lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head; "
               f"+headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
-              "", "generation per rank (replica mode; the longest prompt at its bound):",
-              f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}  fits"]
+              "", "generation per rank (the longest prompt at its bound):",
+              f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}  fits  mode"]
     for g in report["generation"]:
         lines.append(f"  {g['stage']:<10}{g['slots']:>6}{g['capacity']:>13}{g['weights_gib']:>13.2f}"
-                     f"{g['kv_cache_gib']:>14.2f}  {'yes' if g['fits'] else 'no'}")
+                     f"{g['kv_cache_gib']:>14.2f}  {'yes' if g['fits'] else 'no ':<4} {g['mode']}")
     if t["on_policy"]:
         lines.insert(4, f"  on-policy: {t['samples_per_prompt']} sample(s) a prompt, rows of prompt + answer; teacher "
                         f"weights {t['teacher_gib']:.2f} GiB; sampling between steps: KV cache {t['sampling_gib']:.2f} "

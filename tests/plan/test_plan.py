@@ -158,3 +158,21 @@ def test_on_policy_training_counts_its_samples_teacher_and_sampling(tiny_model_d
     rows = {r["setting"]: r for r in report["zero"]}
     assert rows["ZeRO-3"]["supported"] is not copy
     assert report["recommendation"]["stage"] == 0 and report["training"]["on_policy"]
+
+
+def test_distillation_in_zero3_mode_holds_a_share_and_what_it_gathers(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from sdft.config import load_config
+    from sdft.plan.cards import card
+    from sdft.plan.plan import GIB, generation
+
+    shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
+    whole = shape.total_params * 4
+    for gather, gathered in ((True, whole), (False, shape.largest_layer_params * 4)):
+        cfg = load_config(EXAMPLES / "tiny.yaml", [f"model.path={tiny_model_dir}", "distill.mode=zero3",
+                                                   f"distill.zero3_gather={str(gather).lower()}"])
+        distill, evaluation = generation(cfg, shape, card("H100"), world=4)
+        assert distill["weights_gib"] * GIB == pytest.approx(whole // 4 + gathered)
+        assert evaluation["weights_gib"] * GIB == whole and evaluation["mode"] == "replica"
+        assert generation(cfg, shape, card("H100"), world=1)[0]["weights_gib"] * GIB == whole  # one rank: no partition
