@@ -88,6 +88,11 @@ def all_reduce_sums(values: list[float], device: torch.device | str = "cpu") -> 
     return t.tolist()
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on any rank (one collective; the flag itself on one process)."""
+    return all_reduce_sum(int(flag), device) > 0
+
+
 def teardown() -> None:
     """Leave the process group cleanly (barrier first, so no rank exits while others still talk)."""
     if dist.is_initialized():

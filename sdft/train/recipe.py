@@ -50,6 +50,7 @@ from sdft.train.model import build_model, build_optimizer, log_4bit_layout, para
 from sdft.train.objective import Objective, SFTObjective
 from sdft.train.on_policy import OnPolicyObjective
 from sdft.train.train_log import TrainLog
+from sdft.utils import stop
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_write_json, publishing, read_jsonl
 
@@ -138,19 +139,33 @@ class TrainRecipe:
         """Run the remaining steps, then write ``train/final``; returns the summary."""
         bar = tqdm(total=self.steps, initial=self.start, desc="train", unit="step", disable=not runtime.is_main())
         since, tokens = time.perf_counter(), 0  # tokens/s over the steps since the last logged one
-        for step in range(self.start, self.steps):
-            row = self.train_step(step)
-            done, tokens = step + 1, tokens + row["tokens"]
-            if done % self.t.logging_steps == 0 or done == self.steps:
-                self.log.add(row, tokens / max(time.perf_counter() - since, 1e-9))
-                since, tokens = time.perf_counter(), 0
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if self.t.save_every and done % self.t.save_every == 0 and done < self.steps:
-                self.checkpoint(done)
-            maybe_kill("train_step")
+        with stop.on_signals():
+            for step in range(self.start, self.steps):
+                row = self.train_step(step)
+                done, tokens = step + 1, tokens + row["tokens"]
+                if done % self.t.logging_steps == 0 or done == self.steps:
+                    self.log.add(row, tokens / max(time.perf_counter() - since, 1e-9))
+                    since, tokens = time.perf_counter(), 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                saved = self.t.save_every and done % self.t.save_every == 0 and done < self.steps
+                if saved:
+                    self.checkpoint(done)
+                maybe_kill("train_step")
+                if done < self.steps and runtime.any_rank(stop.requested() is not None, self.device):
+                    self.stop(done, saved)
         bar.close()
         return self.save_final()
+
+    def stop(self, done: int, saved: bool) -> None:
+        """A signal asked a rank to stop: checkpoint after step ``done`` (all ranks), then end the command."""
+        started = time.perf_counter()
+        if not saved:
+            self.checkpoint(done)
+        signal_name = stop.requested() or "a signal to another rank"
+        raise stop.Stopped(f"train: stopped by {signal_name} after step {done} of {self.steps}, checkpoint "
+                           f"{self.layout.checkpoint(done).root.name} written in "
+                           f"{time.perf_counter() - started:.1f} s; rerun the same command to resume")
 
     def train_step(self, step: int) -> dict:
         """One optimizer step (0-based ``step``) on every rank; returns its log row."""

@@ -1,0 +1,56 @@
+"""Stopping at a step boundary when the cluster asks: SIGTERM (SLURM's preemption, ``scancel``,
+torchrun passing on its own SIGTERM) and SIGUSR1 (``sbatch --signal=B:USR1@<seconds>`` before the time
+limit).
+
+Inside ``on_signals()`` (the training loop) either signal only records itself: the loop finishes the
+optimizer step it is in, every rank learns at the step's end whether any rank was signalled (one small
+collective a step, so all stop at the same step), a checkpoint is written and ``Stopped`` ends the
+command with ``STOPPED_EXIT``: rerunning the command resumes from that step. A second signal while
+stopping ends the process at once, as the first would have without this. Outside ``on_signals()``
+the signals keep their default action (the stages that write example by example resume exactly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+from sdft.errors import SdftError
+
+STOPPED_EXIT = 75
+"""The exit code of a command stopped by a signal with its progress saved (sysexits' EX_TEMPFAIL)."""
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_received: list[int] = []
+
+
+class Stopped(SdftError):
+    """A signal stopped the command at a boundary after saving its progress; rerun it to resume."""
+
+    kind = "stopped"
+    exit_code = STOPPED_EXIT
+
+
+def _record(signum: int, frame) -> None:
+    if _received:  # asked twice: do what the signal would have done
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    _received.append(signum)
+
+
+def requested() -> str | None:
+    """The name of the signal that asked this process to stop (SIGTERM, SIGUSR1), or None."""
+    return signal.Signals(_received[0]).name if _received else None
+
+
+@contextlib.contextmanager
+def on_signals() -> Iterator[None]:
+    """Within this block SIGTERM and SIGUSR1 are recorded for ``requested()`` instead of acted on."""
+    previous = {s: signal.signal(s, _record) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,115 @@
+"""A preempted or time-limited training run (SIGTERM, or SLURM's SIGUSR1 before the limit) finishes the
+step it is in, checkpoints, exits with ``STOPPED_EXIT``, and its rerun ends with the weights and the
+log of a run nothing interrupted: no step lost or repeated. On two ranks, a signal to one rank stops
+both at the same step."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdft.utils.stop import STOPPED_EXIT
+from tests.conftest import REPO, REPRODUCIBLE_ENV, free_port, run_cli, run_torchrun
+
+pytestmark = pytest.mark.slow  # real training processes, signalled mid-run
+
+STEPS = 40
+OVER = [f"train.max_steps={STEPS}", "train.logging_steps=1", "train.save_every=0"]
+
+
+def _logged_steps(out: Path) -> list[int]:
+    log = out / "train" / "train_log.jsonl"
+    return [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def _signal_when_training(proc: subprocess.Popen, out: Path, pids, signum: int) -> None:
+    """Send ``signum`` to ``pids()`` once the run has logged its third step."""
+    deadline = time.time() + 240
+    while len(_logged_steps(out)) < 3:
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its third step"
+        time.sleep(0.02)
+    for pid in pids():
+        os.kill(pid, signum)
+
+
+def _adapter(out: Path) -> dict:
+    return load_file(str(out / "train" / "final" / "adapter_model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signalled_run_checkpoints_exits_resumable_and_resumes_to_the_unbroken_run(distilled, signum):
+    path, _, clone = distilled
+    broken, unbroken = clone("broken"), clone("unbroken")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **REPRODUCIBLE_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "sdft", "train", str(path), f"output_dir={broken}", *OVER],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    _signal_when_training(proc, broken, lambda: [proc.pid], signum)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == STOPPED_EXIT, err[-3000:]
+    stopped_at = len(_logged_steps(broken))
+    assert f"sdft: stopped: train: stopped by {signal.Signals(signum).name} after step {stopped_at} of {STEPS}" in err
+    assert [p.name for p in (broken / "train" / "checkpoints").glob("step-*")] == [f"step-{stopped_at:06d}"]
+    assert not (broken / "train" / "COMPLETE.json").exists() and stopped_at < STEPS
+    resumed = run_cli("train", str(path), f"output_dir={broken}", *OVER, env=REPRODUCIBLE_ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step-{stopped_at:06d}" in resumed.stderr
+    ref = run_cli("train", str(path), f"output_dir={unbroken}", *OVER, env=REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same(_adapter(broken), _adapter(unbroken))
+    assert _logged_steps(broken) == list(range(1, STEPS + 1))
+
+
+def _worker_pids(launcher: int, rank: int) -> list[int]:
+    """The pid of torchrun's worker of ``rank`` (read from /proc: its parent and its RANK variable)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            parent = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in env:
+            found.append(int(d.name))
+    assert found, f"no worker of rank {rank} under {launcher}"
+    return found
+
+
+@pytest.mark.distributed
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_rerun_resumes(distilled):
+    path, _, clone = distilled
+    broken, unbroken = clone("broken2"), clone("unbroken2")
+    over = [*OVER, "train.deepspeed=zero2", "train.grad_accum=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
+           **REPRODUCIBLE_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={free_port()}", "-m", "sdft", "train", str(path), f"output_dir={broken}",
+                             *over], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    _signal_when_training(proc, broken, lambda: _worker_pids(proc.pid, 1), signal.SIGUSR1)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode != 0, err[-3000:]
+    stopped_at = len(_logged_steps(broken))  # rank 0 logs; it stopped after the same step as rank 1
+    assert f"stopped by a signal to another rank after step {stopped_at} of {STEPS}" in err  # rank 0's line
+    assert f"stopped by SIGUSR1 after step {stopped_at} of {STEPS}" in err  # rank 1's
+    state = json.loads((broken / "train" / "checkpoints" / f"step-{stopped_at:06d}" / "state.json").read_text())
+    assert state["world_size"] == 2
+    resumed = run_torchrun(2, "train", str(path), f"output_dir={broken}", *over, env=REPRODUCIBLE_ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref = run_torchrun(2, "train", str(path), f"output_dir={unbroken}", *over, env=REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same(_adapter(broken), _adapter(unbroken))
+    assert _logged_steps(broken) == list(range(1, STEPS + 1))
