@@ -45,7 +45,7 @@ class RunContext:
         """This rank's device; joins the process group on first use when launched on several ranks."""
         def join() -> torch.device:
             device = pick_device(self.cfg.device)
-            runtime.init(device)
+            runtime.init(device, self.cfg.collective_timeout_s)
             return runtime.local_device(device)
 
         return self._once("device", join)

@@ -208,7 +208,15 @@ class Pipeline:
             return None
         started = time.time()
         self.layout.stage_dir(name).mkdir(parents=True, exist_ok=True)
-        summary = stage.run(self.ctx) if stage.all_ranks or runtime.is_main() else {}
+        try:
+            summary = stage.run(self.ctx) if stage.all_ranks or runtime.is_main() else {}
+        except RuntimeError as e:
+            if not (runtime.is_distributed() and runtime.is_collective_timeout(e)):
+                raise
+            raise StageError(f"{name}: rank {runtime.rank()} of {runtime.world_size()} waited "
+                             f"collective_timeout_s={self.ctx.cfg.collective_timeout_s} s in a collective that "
+                             "another rank did not join (stuck or dead): the run stops here; its checkpoints "
+                             "and finished examples are kept, rerun to resume") from e
         seconds = round(time.time() - started, 1)
         if runtime.is_main():
             atomic_write_json(self.layout.record(name), {"inputs": self._expected(name), "summary": summary,

@@ -513,6 +513,10 @@ class RunConfig:
     """Folder for every stage's output (relative to the working directory)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when visible, else CPU."""
+    collective_timeout_s: int = 3600
+    """Several ranks: a collective (gloo, NCCL) that has not completed after this many seconds ends the
+    run, naming the rank and the stage (a rank stuck or dead), instead of holding every GPU until the
+    job's time limit. Ranks also wait within it for work rank 0 does alone (evaluation, export)."""
     check_memory: bool = True
     """On a GPU, refuse before any stage runs a training step or a generation engine that ``sdft plan``
     finds too large for the card, naming the stage and the shortfall; false runs it anyway."""

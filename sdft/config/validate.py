@@ -29,6 +29,7 @@ DATA_SOURCES = ("data.train", "data.test", "data.general_prompts", "eval.safety_
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check values and cross-field rules; raise ``ConfigError`` naming the option. Returns ``cfg``."""
+    _positive(cfg, "collective_timeout_s")
     _positive(cfg, "distill.batch_size", "distill.sampling.max_new_tokens", "distill.cutoff_len",
               "train.lora_r", "train.lora_alpha", "train.micro_batch_size", "train.grad_accum",
               "train.cutoff_len", "train.logging_steps", "eval.sampling.max_new_tokens", "eval.batch_size",

@@ -44,18 +44,26 @@ def _skip_deepspeed_shm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
-def init(device: torch.device) -> None:
-    """Join the process group (NCCL on CUDA, gloo on CPU) when launched with several ranks."""
+def init(device: torch.device, timeout_s: int = 3600) -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU) when launched with several ranks. A collective
+    not complete after ``timeout_s`` raises on the ranks waiting in it (NCCL: its watchdog, with async
+    error handling, tears the process down instead of leaving it stuck)."""
     if not is_distributed() or dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(local_rank())
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     _skip_deepspeed_shm_build()
     import deepspeed
 
-    minutes = int(os.environ.get("SDFT_DIST_TIMEOUT_MIN", "60"))
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
-                               timeout=timedelta(minutes=minutes))
+                               timeout=timedelta(seconds=timeout_s))
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that timed out (gloo's and NCCL's wording)."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -51,7 +51,7 @@ from sdft.train.objective import Objective, SFTObjective
 from sdft.train.on_policy import OnPolicyObjective
 from sdft.train.train_log import TrainLog
 from sdft.utils import stop
-from sdft.utils.faults import maybe_kill
+from sdft.utils.faults import maybe_hang, maybe_kill
 from sdft.utils.io import atomic_write_json, publishing, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class TrainRecipe:
                 if saved:
                     self.checkpoint(done)
                 maybe_kill("train_step")
+                maybe_hang("train_step")
                 if done < self.steps and runtime.any_rank(stop.requested() is not None, self.device):
                     self.stop(done, saved)
         bar.close()

@@ -5,6 +5,8 @@ node failure or an OOM killer does.
   the named places of the stages (``distill_batch``, ``train_step``) and the write boundaries of
   ``sdft.utils.io`` and the checkpoints (``boundary``): ``write`` counts every boundary, a boundary's
   own kind (``renamed``, ``appended``, ...) counts only those.
+- ``SDFT_HANG_AT=<point>:<n>:<rank>`` makes the process of ``<rank>`` stop responding (sleep for
+  good) the n-th time it reaches ``<point>``: a rank stuck before a collective.
 - ``SDFT_TRACE_WRITES=<file>`` appends the kind of every write boundary reached to ``<file>``, so a
   test can count the boundaries of an unbroken run and then kill a run at each of them.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 _hits: Counter[str] = Counter()
@@ -29,6 +32,20 @@ def maybe_kill(point: str) -> None:
     _hits[point] += 1
     if _hits[point] >= int(n or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_hang(point: str) -> None:
+    """Sleep for good when ``SDFT_HANG_AT`` names ``point``, this rank and this is its n-th time."""
+    spec = os.environ.get("SDFT_HANG_AT")
+    if not spec:
+        return
+    name, n, rank = spec.split(":")
+    if name != point or int(rank) != int(os.environ.get("RANK", "0")):
+        return
+    _hits["hang:" + point] += 1
+    if _hits["hang:" + point] >= int(n):
+        while True:
+            time.sleep(3600)
 
 
 def boundary(kind: str) -> None:

@@ -127,3 +127,19 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_rerun_resumes(
     assert ref.returncode == 0, ref.stderr[-3000:]
     _same(_adapter(broken), _adapter(unbroken))
     assert _logged_steps(broken) == list(range(1, STEPS + 1))
+
+
+@pytest.mark.distributed
+def test_a_rank_stuck_before_a_collective_ends_the_job_within_the_timeout_naming_rank_and_stage(distilled):
+    path, _, clone = distilled
+    out = clone("hung")
+    started = time.monotonic()
+    res = run_torchrun(2, "train", str(path), f"output_dir={out}", *OVER, "train.deepspeed=zero2",
+                       "train.grad_accum=1", "collective_timeout_s=15", env={"SDFT_HANG_AT": "train_step:2:1"},
+                       timeout=240, retry=False)
+    took = time.monotonic() - started
+    assert res.returncode != 0
+    assert ("sdft: stage error: train: rank 0 of 2 waited collective_timeout_s=15 s in a collective that another "
+            "rank did not join") in res.stderr, res.stderr[-3000:]
+    assert _logged_steps(out) == [1, 2]  # rank 1 hangs after step 2; rank 0 waits at step 2's end, then stops
+    assert took < 120, took  # the timeout plus start-up and torchrun tearing the stuck rank down
