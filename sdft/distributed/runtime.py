@@ -61,9 +61,10 @@ def init(device: torch.device, timeout_s: int = 3600) -> None:
 
 
 def is_collective_timeout(error: BaseException) -> bool:
-    """Whether ``error`` is a collective that timed out (gloo's and NCCL's wording)."""
+    """Whether ``error`` is a collective that timed out: gloo's "Timed out waiting <n>ms for recv operation"
+    or NCCL's watchdog's "collective operation timeout" (not a failure to connect at set-up)."""
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
+    return isinstance(error, RuntimeError) and ("timed out waiting" in text or "collective operation timeout" in text)
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -1,7 +1,9 @@
 """Fault injection for crash-safety tests. A real SIGKILL, so no cleanup code runs: exactly what a
 node failure or an OOM killer does.
 
-- ``SDFT_KILL_AT=<point>:<n>`` kills this process the n-th time ``<point>`` is reached. Points are
+- ``SDFT_KILL_AT=<point>:<n>`` kills this process the n-th time ``<point>`` is reached (with
+  ``SDFT_KILL_RANK=<r>`` only rank r's; with ``SDFT_KILL_ONCE=<file>`` only while ``<file>`` does not
+  exist, which the kill creates: a restarted process is not killed again). Points are
   the named places of the stages (``distill_batch``, ``train_step``) and the write boundaries of
   ``sdft.utils.io`` and the checkpoints (``boundary``): ``write`` counts every boundary, a boundary's
   own kind (``renamed``, ``appended``, ...) counts only those.
@@ -29,8 +31,16 @@ def maybe_kill(point: str) -> None:
     name, _, n = spec.partition(":")
     if name != point:
         return
+    rank = os.environ.get("SDFT_KILL_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
     _hits[point] += 1
     if _hits[point] >= int(n or 1):
+        once = os.environ.get("SDFT_KILL_ONCE")
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -29,11 +29,16 @@ def _sh(*cmd, timeout=300, **env):
 
 def test_dry_runs_print_the_exact_commands():
     res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--nproc", "4", "train", "my.yaml", "train.lr=1e-4",
-              NNODES="2", NODE_RANK="1", MASTER_ADDR="head", MASTER_PORT="1234")
+              NNODES="2", MASTER_ADDR="head", MASTER_PORT="1234", RDZV_ID="job7")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["python", "-m", "torch.distributed.run", "--nnodes=2", "--node_rank=1",
-                                  "--nproc_per_node=4", "--master_addr=head", "--master_port=1234", "-m", "sdft",
-                                  "train", "my.yaml", "train.lr=1e-4"]
+    assert res.stdout.split() == ["python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
+                                  "--rdzv-backend=c10d", "--rdzv-endpoint=head:1234", "--rdzv-id=job7",
+                                  "--max-restarts=0", "-m", "sdft", "train", "my.yaml", "train.lr=1e-4"]
+    res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--max-restarts", "3", "train", "my.yaml")
+    assert "--max-restarts=3" in res.stdout.split()
+    for bad in ("-1", "two"):
+        res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--max-restarts", bad, "train", "my.yaml")
+        assert res.returncode == 2 and f"--max-restarts {bad}: expected a whole number" in res.stderr
     res = _sh("bash", LAUNCH / "deepspeed.sh", "--dry-run", "--hostfile", "hosts.txt", "run", "my.yaml")
     assert res.stdout.split() == ["deepspeed", "--hostfile", "hosts.txt", "--no_local_rank", "--module", "sdft", "run", "my.yaml"]
     assert _sh("bash", LAUNCH / "torchrun.sh").returncode == 2
@@ -55,6 +60,33 @@ def test_real_two_rank_training_through_each_launcher(distilled, launcher):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "train" / "final" / "adapter_model.safetensors").exists()
     assert "on 2 rank(s)" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_unbroken_weights(distilled, tmp_path):
+    """Rank 1 SIGKILLed after step 3 (checkpoint at 2): torchrun restarts both ranks, training resumes at
+    step 2 and ends with the weights of a run nothing interrupted."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.conftest import REPRODUCIBLE_ENV
+
+    path, _, clone = distilled
+    broken, unbroken = clone("restarted"), clone("unbroken")
+    over = ("train.deepspeed=zero2", "train.grad_accum=1", "train.max_steps=5", "train.save_every=2")
+    cmd = ["bash", LAUNCH / "torchrun.sh", "--nproc", "2"]
+    res = _sh(*cmd, "--max-restarts", "1", "train", path, f"output_dir={broken}", *over, MASTER_PORT=str(free_port()),
+              SDFT_KILL_AT="train_step:3", SDFT_KILL_RANK="1", SDFT_KILL_ONCE=str(tmp_path / "killed"),
+              **REPRODUCIBLE_ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "killed").exists() and "resuming from step-000002" in res.stderr
+    ref = _sh(*cmd, "train", path, f"output_dir={unbroken}", *over, MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = load_file(str(broken / "train" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- SLURM -------------------------------
@@ -103,7 +135,7 @@ def test_sbatch_dry_run_two_nodes_four_gpus(slurm_cluster, tmp_path):
     line = [x for x in out.splitlines() if "torch.distributed.run" in x][0].split()
     assert line[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--nnodes=2" in line and "--nproc_per_node=4" in line and "--rdzv_backend=c10d" in line
-    assert any(x.startswith("--rdzv_endpoint=node1:") for x in line)
+    assert any(x.startswith("--rdzv_endpoint=node1:") for x in line) and "--max-restarts=0" in line
     assert line[-4:] == ["-m", "sdft", "train", "my.yaml"]
 
 
