@@ -5,15 +5,16 @@ limit).
 Inside ``on_signals()`` (the training loop) either signal only records itself: the loop finishes the
 optimizer step it is in, every rank learns at the step's end whether any rank was signalled (one small
 collective a step, so all stop at the same step), a checkpoint is written and ``Stopped`` ends the
-command with ``STOPPED_EXIT``: rerunning the command resumes from that step. A second signal while
-stopping ends the process at once, as the first would have without this. Outside ``on_signals()``
-the signals keep their default action (the stages that write example by example resume exactly).
+command with ``STOPPED_EXIT``: rerunning the command resumes from that step. More signals while
+stopping change nothing: on preemption SLURM signals every process of the job while the launcher
+passes its own signal on, so a rank gets two at once (the cluster's SIGKILL after its grace time is
+what ends a rank that takes too long). Outside ``on_signals()`` the signals keep their default action
+(the stages that write example by example resume exactly).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Iterator
 
@@ -34,9 +35,6 @@ class Stopped(SdftError):
 
 
 def _record(signum: int, frame) -> None:
-    if _received:  # asked twice: do what the signal would have done
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
     _received.append(signum)
 
 

@@ -106,12 +106,21 @@ def slurm_cluster():
     subprocess.run(["bash", str(SLURM_KIT / "stop-local-slurm.sh")], capture_output=True, timeout=120)
 
 
-def _submit(workdir: Path, *args, **env) -> tuple[str, str]:
-    """sbatch from ``workdir``; poll until the job ends; return (state, job output)."""
+def _sbatch(workdir: Path, *args, **env) -> str:
+    """sbatch from ``workdir``; the job id."""
     res = _sh("sbatch", "--parsable", f"--chdir={REPO}", f"--output={workdir}/slurm-%j.out", "--time=10",
               *args, **env)
     assert res.returncode == 0, res.stderr
-    job = res.stdout.strip().split(";")[0]
+    return res.stdout.strip().split(";")[0]
+
+
+def _submit(workdir: Path, *args, **env) -> tuple[str, str]:
+    """sbatch from ``workdir``; poll until the job ends; return (state, job output)."""
+    return _wait(workdir, _sbatch(workdir, *args, **env))
+
+
+def _wait(workdir: Path, job: str) -> tuple[str, str]:
+    """Poll ``job`` until it ends (a requeued job runs again first); return (state, job output)."""
     state, info = "", ""
     for _ in range(480):
         info = _sh("scontrol", "show", "job", job).stdout
@@ -152,3 +161,53 @@ def test_sbatch_two_node_training_completes_with_a_checkpoint(slurm_cluster, dis
     assert (out / "train" / "checkpoints" / "step-000002" / "state.json").exists()
     assert (out / "train" / "final" / "training_summary.json").exists()
     assert "on 2 rank(s)" in log
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_signalled_two_node_job_checkpoints_requeues_itself_and_resumes_to_the_unbroken_weights(
+        slurm_cluster, distilled, tmp_path):
+    """SIGUSR1 to the batch script (what ``--signal=B:USR1@<s>`` sends before the time limit): the ranks
+    stop at a checkpoint, the job requeues itself and its second start resumes and finishes with the
+    weights of an unbroken two-rank run."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.conftest import REPRODUCIBLE_ENV
+
+    path, _, clone = distilled
+    out, unbroken = clone("requeued"), clone("unbroken")
+    over = ("train.deepspeed=zero2", "train.grad_accum=1", "train.max_steps=40", "train.logging_steps=1",
+            "train.save_every=0")
+    job = _sbatch(tmp_path, "--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1", LAUNCH / "slurm" / "sdft.sbatch",
+                  "train", path, f"output_dir={out}", *over, SDFT_NPROC_PER_NODE="1",
+                  SDFT_RDZV_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    log = out / "train" / "train_log.jsonl"
+    deadline = time.time() + 240
+    while not log.exists() or len(log.read_text().splitlines()) < 3:
+        assert time.time() < deadline, _sh("scontrol", "show", "job", job).stdout
+        time.sleep(0.05)
+    assert _sh("scancel", "--signal=USR1", "--batch", job).returncode == 0
+    deadline = time.time() + 120
+    while "JobState=PENDING" not in (info := _sh("scontrol", "show", "job", job).stdout):
+        assert time.time() < deadline and "JobState=COMPLETED" not in info, info
+        time.sleep(0.2)
+    # SLURM holds a requeued job for two minutes before it may start again; the test does not wait.
+    assert _sh("scontrol", "update", f"JobId={job}", "StartTime=now").returncode == 0
+    state, text = _wait(tmp_path, job)
+    assert state == "COMPLETED", text[-3000:]
+    assert "got SIGUSR1" in text and f"requeueing job {job} (1 of 3)" in text and "start 2 (requeued 1" in text
+    assert "stopped by SIGTERM after step" in text and "resuming from step-" in text
+    assert "Restarts=1" in _sh("scontrol", "show", "job", job).stdout
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert steps == list(range(1, 41))
+    ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", "train", path, f"output_dir={unbroken}", *over,
+              MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = load_file(str(out / "train" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
