@@ -42,6 +42,7 @@ from sdft.layout import RunLayout
 from sdft.models.generation import choose_engine, generate_batches, generate_texts, generation_record, plan_batches
 from sdft.models.run_models import load_distill_seed
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES, encode_prompt_fit
+from sdft.utils import stop
 from sdft.utils.faults import maybe_kill
 from sdft.utils.io import append_jsonl, atomic_write_json, read_jsonl, remove, repair_jsonl_tail, write_jsonl
 from sdft.utils.switches import resolve_switch
@@ -145,17 +146,21 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
             log.info("distill: resuming, %d/%d answers already done", len(done), len(units))
     shards = balanced_shards({i: len(p) for i, p in prompts.items()}, world)
     mine = {i: prompts[i] for i in shards[rank]}
-    if d.mode == "zero3" and world > 1 and engine == "hf":
-        _generate_zero3(cfg, model, tok, shards, prompts, set(done), layout, by_key)
-    else:
-        # ZeRO-3 with the continuous engine: the whole model is gathered once, on every rank (a collective,
-        # so also on a rank with nothing left to do), for all of this rank's prompts.
-        with _gathered(model) if d.mode == "zero3" and world > 1 else contextlib.nullcontext():
-            for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
-                                          engine=engine, skip=set(done), desc="distill",
-                                          cuda_graphs=cfg.generation.cuda_graphs):
-                append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine, by_key))
-                maybe_kill("distill_batch")
+    with stop.on_signals():
+        if d.mode == "zero3" and world > 1 and engine == "hf":
+            _generate_zero3(cfg, model, tok, shards, prompts, set(done), layout, by_key)
+        else:
+            # ZeRO-3 with the continuous engine: the whole model is gathered once, on every rank (a
+            # collective, so also on a rank with nothing left to do), for all of this rank's prompts.
+            with _gathered(model) if d.mode == "zero3" and world > 1 else contextlib.nullcontext():
+                for batch in generate_batches(model, tok, mine, d.sampling, batch_size=d.batch_size, seed=d.seed,
+                                              engine=engine, skip=set(done), desc="distill",
+                                              cuda_graphs=cfg.generation.cuda_graphs):
+                    append_jsonl(layout.rewrites_part(rank), _records(batch, prompts, engine, by_key))
+                    maybe_kill("distill_batch")
+                    # No collective here: the ranks' batches differ in number; a rank that stops ends the
+                    # launcher's group, and every rank keeps what it wrote.
+                    _stop_if_asked(stop.requested(), layout, rank)
     runtime.barrier()
     if rank == 0:
         _merge(layout, units)
@@ -163,6 +168,15 @@ def distill(cfg: RunConfig, examples: list[Example], layout: RunLayout, model, t
     return {"examples": len(examples), "turns": len(units), "generated": len(prompts), "prompt_too_long": len(too_long),
             "prompt_truncated": len(cut),
             "world_size": world, "mode": cfg.distill.mode if world > 1 else "single", "generation_config": record}
+
+
+def _stop_if_asked(signal_name: str | None, layout: RunLayout, rank: int) -> None:
+    """End the command after the batch just written when a signal asked to stop (``sdft.utils.stop``)."""
+    if signal_name is None:
+        return
+    written = len(read_jsonl(layout.rewrites_part(rank))) if layout.rewrites_part(rank).exists() else 0
+    raise stop.Stopped(f"distill: stopped by {signal_name} after a whole batch, {written} rewrite(s) of rank {rank} "
+                       "written; rerun the same command to resume")
 
 
 def _encode(cfg: RunConfig, units: list[RewriteUnit], tok) -> tuple[dict[str, list[int]], list[dict], list[str]]:
@@ -258,3 +272,6 @@ def _generate_zero3(cfg: RunConfig, model, tok, shards, prompts, done: set[str],
         if batch:
             append_jsonl(layout.rewrites_part(rank), _records(dict(zip(batch, texts)), prompts, "hf", units))
             maybe_kill("distill_batch")
+        if index + 1 < calls:  # every rank makes every call: they agree after each whether to stop
+            signalled = runtime.any_rank(stop.requested() is not None, next(model.parameters()).device)
+            _stop_if_asked(stop.requested() or ("a signal to another rank" if signalled else None), layout, rank)

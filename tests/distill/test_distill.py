@@ -116,3 +116,39 @@ def test_a_batch_torn_apart_by_a_kill_is_generated_again_whole(tiny_config, tiny
     layout.rewrites_part(0).write_text(json.dumps(next(r for r in records if r["batch"] == first_batch)) + "\n")
     distill(cfg, examples, layout, model, tiny_tok)
     assert layout.rewrites.read_text() == unbroken
+
+
+@pytest.mark.slow
+def test_sigterm_mid_distill_stops_after_a_whole_batch_and_the_rerun_equals_an_unbroken_run(tiny_config, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sdft.utils.stop import STOPPED_EXIT
+    from tests.conftest import REPO
+
+    path, out = tiny_config(n_train=40, distill={"batch_size": 2, "sampling": {"max_new_tokens": 24}})
+    part = out / "distill" / "rewrites.part-0.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "sdft", "distill", str(path)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not part.exists() or not part.read_text():
+        assert proc.poll() is None and time.time() < deadline, "distillation ended or stalled before its first batch"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == STOPPED_EXIT, err[-3000:]
+    written = len(part.read_text().splitlines())
+    assert f"sdft: stopped: distill: stopped by SIGTERM after a whole batch, {written} rewrite(s)" in err
+    assert 0 < written < 40
+    resumed = run_cli("distill", str(path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming, {written}/40 answers already done" in resumed.stderr
+    unbroken = run_cli("distill", str(path), f"output_dir={tmp_path / 'unbroken'}")
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    got, ref = ((d / "distill" / "rewrites.jsonl").read_text() for d in (out, tmp_path / "unbroken"))
+    assert {json.loads(x)["id"]: json.loads(x) for x in got.splitlines()} == \
+        {json.loads(x)["id"]: json.loads(x) for x in ref.splitlines()} and len(got.splitlines()) == 40
