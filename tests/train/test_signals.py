@@ -143,3 +143,25 @@ def test_a_rank_stuck_before_a_collective_ends_the_job_within_the_timeout_naming
             "rank did not join") in res.stderr, res.stderr[-3000:]
     assert _logged_steps(out) == [1, 2]  # rank 1 hangs after step 2; rank 0 waits at step 2's end, then stops
     assert took < 120, took  # the timeout plus start-up and torchrun tearing the stuck rank down
+
+
+def test_on_policy_training_stops_on_the_signal_and_resumes_to_the_unbroken_run(tiny_config, tmp_path):
+    """The on-policy loop is the same loop: its samples are keyed by (seed, example, step), so the resumed
+    run samples what the unbroken one did."""
+    over = ["train.objective=on_policy", "train.max_steps=12", "train.logging_steps=1", "train.save_every=0",
+            "train.on_policy.sampling.max_new_tokens=6"]
+    path, out = tiny_config(n_train=8)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **REPRODUCIBLE_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "sdft", "train", str(path), *over], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    _signal_when_training(proc, out, lambda: [proc.pid], signal.SIGTERM)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == STOPPED_EXIT, err[-3000:]
+    stopped_at = len(_logged_steps(out))
+    assert f"stopped by SIGTERM after step {stopped_at} of 12" in err
+    resumed = run_cli("train", str(path), *over, env=REPRODUCIBLE_ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref = run_cli("train", str(path), f"output_dir={tmp_path / 'unbroken'}", *over, env=REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same(_adapter(out), _adapter(tmp_path / "unbroken"))
+    assert _logged_steps(out) == list(range(1, 13))
