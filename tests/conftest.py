@@ -202,7 +202,10 @@ def run_torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int =
     res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
     if retry and res.returncode != 0 and "terminate called without an active exception" in res.stderr:
         cmd[4] = f"--master_port={free_port()}"
-        res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+        again = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+        # Both attempts' output: the first did the work (the retry skips what it completed), so the lines
+        # a test looks for are in its output.
+        res = subprocess.CompletedProcess(cmd, again.returncode, res.stdout + again.stdout, res.stderr + again.stderr)
     return res
 
 
