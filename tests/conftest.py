@@ -223,18 +223,26 @@ def _distilled_once(tmp_path_factory, tiny_model_dir) -> Path:
     return out
 
 
+def copy_distilled(src: Path, dst: Path) -> Path:
+    """``dst`` with the distill and filter stages of the run folder ``src`` (their records hold for the
+    same config)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for stage in ("distill", "filter"):
+        shutil.copytree(src / stage, dst / stage)
+    return dst
+
+
+def distilled_config(folder: Path, model_dir: Path, distilled_run: Path) -> tuple[Path, Path]:
+    """``distilled``'s config written under ``folder``, its output folder holding the session's
+    distill+filter stages: (config path, output_dir)."""
+    path, out = write_tiny_config(folder, model_dir, n_train=10, train=DISTILLED_TRAIN)
+    copy_distilled(distilled_run, out)
+    return path, out
+
+
 @pytest.fixture
-def distilled(tiny_config, tmp_path, _distilled_once):
+def distilled(tmp_path, tiny_model_dir, _distilled_once):
     """A tiny config whose distill+filter stages are done (copied from the session's one run: the same
     config, so their records hold), and a way to copy them to other output dirs."""
-    path, out = tiny_config(n_train=10, train=DISTILLED_TRAIN)
-
-    def clone(name, src=_distilled_once):
-        dst = tmp_path / name
-        dst.mkdir(exist_ok=True)
-        for stage in ("distill", "filter"):
-            shutil.copytree(src / stage, dst / stage)
-        return dst
-
-    clone("run")
-    return path, out, clone
+    path, out = distilled_config(tmp_path, tiny_model_dir, _distilled_once)
+    return path, out, lambda name: copy_distilled(_distilled_once, tmp_path / name)

@@ -9,7 +9,7 @@ fits. ``check_memory=false`` runs it anyway (the plan is an estimate: see docs/p
 from __future__ import annotations
 
 from sdft.config.schema import RunConfig
-from sdft.distributed.deepspeed import load_ds_config
+from sdft.distributed.deepspeed import load_ds_config, zero_stage
 from sdft.errors import ConfigError
 from sdft.plan.cards import Card
 from sdft.plan.memory import ZeroSetting
@@ -22,9 +22,10 @@ def configured_setting(cfg: RunConfig) -> ZeroSetting:
     """The ZeRO setting ``train.deepspeed`` selects (plain PyTorch counts as stage 0)."""
     if not cfg.train.deepspeed:
         return ZeroSetting(0)
-    zero = load_ds_config(cfg.train.deepspeed)[0].get("zero_optimization", {})
+    ds = load_ds_config(cfg.train.deepspeed)[0]
+    zero = ds.get("zero_optimization", {})
     on_cpu = {key: (zero.get(key) or {}).get("device") == "cpu" for key in ("offload_optimizer", "offload_param")}
-    return ZeroSetting(int(zero.get("stage", 0)), on_cpu["offload_optimizer"], on_cpu["offload_param"])
+    return ZeroSetting(zero_stage(ds), on_cpu["offload_optimizer"], on_cpu["offload_param"])
 
 
 def shortfalls(cfg: RunConfig, config, memory_bytes: int, gpus_per_node: int, nodes: int, trains: bool,

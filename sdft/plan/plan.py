@@ -137,11 +137,10 @@ def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, 
     ckpt = t.gradient_checkpointing
     rows = []
     for setting in SETTINGS:
-        states = mem.states(setting)
-        peak = mem.peak(setting, ckpt)
+        states, peak, supported = mem.states(setting), mem.peak(setting, ckpt), mem.supported(setting)
         rows.append({"setting": setting.name, "states_gib": states.gpu / GIB, "peak_gib": peak / GIB,
                      "needed_gib": needed_bytes(peak) / GIB, "cpu_gib": states.cpu / GIB,
-                     "fits": mem.needed(setting, ckpt) <= gpu.memory_gib * GIB, "supported": mem.supported(setting)})
+                     "fits": supported and needed_bytes(peak) <= gpu.memory_gib * GIB, "supported": supported})
     world = gpus_per_node * nodes
     choice = cheapest(mem.needed, t.micro_batch_size, t.grad_accum, gpu.memory_gib * GIB, world)
     timing = estimate(cfg, shape, gpu, world, work, _WEIGHT_BYTES[cfg.generation_dtype]) if work else None

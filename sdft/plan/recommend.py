@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sdft.distributed.deepspeed import load_ds_config, shipped_configs
+from sdft.distributed.deepspeed import load_ds_config
 from sdft.plan.memory import ZeroSetting
 
 _ON_GPU = (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(3))
@@ -71,7 +71,7 @@ def ds_config(setting: ZeroSetting) -> dict:
     """A complete DeepSpeed config for ``setting`` ("auto" left where sdft fills it from the run's config):
     the shipped one when there is one, else the shipped config of its stage with the offload set."""
     name = SHIPPED.get(setting) or {0: "zero1", 1: "zero1", 2: "zero2", 3: "zero3"}[setting.stage]
-    raw, _ = load_ds_config(str(shipped_configs()[name]))
+    raw, _ = load_ds_config(name)
     zero = raw["zero_optimization"]
     zero["stage"] = setting.stage
     for key, on in (("offload_optimizer", setting.offload_optimizer), ("offload_param", setting.offload_params)):

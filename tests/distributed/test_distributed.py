@@ -2,21 +2,12 @@
 shipped ZeRO config, loss equivalence with one rank, and a killed run resumed to the same weights."""
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import (
-    DISTILLED_TRAIN,
-    REPRODUCIBLE_ENV,
-    math_rows,
-    run_cli,
-    run_torchrun,
-    write_jsonl,
-    write_tiny_config,
-)
+from tests.conftest import REPRODUCIBLE_ENV, distilled_config, math_rows, run_cli, run_torchrun, write_jsonl
 from tests.numerics import requires_bf16_sdpa
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -36,10 +27,7 @@ def _uneven(tiny_config, n=5, **sections):
 def one_rank(tmp_path_factory, tiny_model_dir, _distilled_once):
     """``distilled``'s config trained by one plain PyTorch process (global batch 2 x 2 = 4), once: the
     reference of every test below that trains the same config on 2 ranks."""
-    path, out = write_tiny_config(tmp_path_factory.mktemp("one-rank"), tiny_model_dir, n_train=10,
-                                  train=DISTILLED_TRAIN)
-    for stage in ("distill", "filter"):
-        shutil.copytree(_distilled_once / stage, out / stage)
+    path, out = distilled_config(tmp_path_factory.mktemp("one-rank"), tiny_model_dir, _distilled_once)
     res = run_cli("train", str(path))
     assert res.returncode == 0, res.stderr[-3000:]
     return out

@@ -52,13 +52,9 @@ def _same(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def unbroken_one_rank(tmp_path_factory, tiny_model_dir, _distilled_once) -> dict:
     """The adapter of ``distilled``'s config trained for ``STEPS`` steps by one process, uninterrupted."""
-    import shutil
+    from tests.conftest import distilled_config
 
-    from tests.conftest import DISTILLED_TRAIN, write_tiny_config
-
-    path, out = write_tiny_config(tmp_path_factory.mktemp("unbroken"), tiny_model_dir, train=DISTILLED_TRAIN)
-    for stage in ("distill", "filter"):
-        shutil.copytree(_distilled_once / stage, out / stage)
+    path, out = distilled_config(tmp_path_factory.mktemp("unbroken"), tiny_model_dir, _distilled_once)
     ref = run_cli("train", str(path), *OVER, env=REPRODUCIBLE_ENV)
     assert ref.returncode == 0, ref.stderr[-3000:]
     return _adapter(out)
