@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except SdftError as e:
         if os.environ.get("SDFT_DEBUG"):
             traceback.print_exc()
-        print(f"sdft: {e.kind}: {e}" if e.kind == "stopped" else f"sdft: {e.kind} error: {e}", file=sys.stderr)
+        if e.kind == "stopped":
+            from sdft.utils import stop
+
+            stop.leave_marker()
+            print(f"sdft: stopped: {e}", file=sys.stderr)
+        else:
+            print(f"sdft: {e.kind} error: {e}", file=sys.stderr)
         return e.exit_code
     except Exception:
         traceback.print_exc()

@@ -1,5 +1,5 @@
 """Stopping at a step boundary when the cluster asks: SIGTERM (SLURM's preemption, ``scancel``,
-torchrun passing on its own SIGTERM) and SIGUSR1 (``sbatch --signal=B:USR1@<seconds>`` before the time
+torchrun passing on its own SIGTERM, the sbatch script before the time limit) and SIGUSR1 (``sbatch --signal=B:USR1@<seconds>``
 limit).
 
 Inside ``on_signals()`` (the training loop) either signal only records itself: the loop finishes the
@@ -15,6 +15,7 @@ what ends a rank that takes too long). Outside ``on_signals()`` the signals keep
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -23,6 +24,10 @@ from sdft.errors import SdftError
 STOPPED_EXIT = 75
 """The exit code of a command stopped by a signal with its progress saved (sysexits' EX_TEMPFAIL)."""
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+MARKER_ENV = "SDFT_STOP_MARKER"
+"""Names a file a stopped command creates (``leave_marker``): a launcher whose ranks got the signal
+without it (``scancel --signal=TERM <job>`` reaches the job step, not the batch script) learns from it
+that the command stopped resumably; torchrun's own exit code (1) does not tell."""
 
 _received: list[int] = []
 
@@ -52,3 +57,11 @@ def on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def leave_marker() -> None:
+    """Create the file named by ``$SDFT_STOP_MARKER`` (if set): this command stopped resumably."""
+    path = os.environ.get(MARKER_ENV)
+    if path:
+        with contextlib.suppress(OSError):  # the exit code and message still say it; the marker is a hint
+            open(path, "a").close()

@@ -31,14 +31,17 @@ def test_dry_runs_print_the_exact_commands():
     res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--nproc", "4", "train", "my.yaml", "train.lr=1e-4",
               NNODES="2", MASTER_ADDR="head", MASTER_PORT="1234", RDZV_ID="job7")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
+    assert res.stdout.split() == ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300", "python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
                                   "--rdzv-backend=c10d", "--rdzv-endpoint=head:1234", "--rdzv-id=job7",
                                   "--max-restarts=0", "-m", "sdft", "train", "my.yaml", "train.lr=1e-4"]
-    res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--max-restarts", "3", "train", "my.yaml")
-    assert "--max-restarts=3" in res.stdout.split()
+    res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--max-restarts", "3", "train", "my.yaml",
+              SDFT_STOP_GRACE="45")
+    assert "--max-restarts=3" in res.stdout.split() and res.stdout.split()[0] == "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=45"
     for bad in ("-1", "two"):
         res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "--max-restarts", bad, "train", "my.yaml")
         assert res.returncode == 2 and f"--max-restarts {bad}: expected a whole number" in res.stderr
+        res = _sh("bash", LAUNCH / "torchrun.sh", "--dry-run", "train", "my.yaml", SDFT_STOP_GRACE=bad)
+        assert res.returncode == 2 and f"SDFT_STOP_GRACE={bad}: expected a whole number" in res.stderr
     res = _sh("bash", LAUNCH / "deepspeed.sh", "--dry-run", "--hostfile", "hosts.txt", "run", "my.yaml")
     assert res.stdout.split() == ["deepspeed", "--hostfile", "hosts.txt", "--no_local_rank", "--module", "sdft", "run", "my.yaml"]
     assert _sh("bash", LAUNCH / "torchrun.sh").returncode == 2
@@ -67,8 +70,6 @@ def test_real_two_rank_training_through_each_launcher(distilled, launcher):
 def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_unbroken_weights(distilled, tmp_path):
     """Rank 1 SIGKILLed after step 3 (checkpoint at 2): torchrun restarts both ranks, training resumes at
     step 2 and ends with the weights of a run nothing interrupted."""
-    import torch
-    from safetensors.torch import load_file
 
     from tests.conftest import REPRODUCIBLE_ENV
 
@@ -83,10 +84,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_unbro
     assert (tmp_path / "killed").exists() and "resuming from step-000002" in res.stderr
     ref = _sh(*cmd, "train", path, f"output_dir={unbroken}", *over, MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    a = load_file(str(broken / "train" / "final" / "adapter_model.safetensors"))
-    b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    _same_adapters(broken, unbroken)
 
 
 # ---------------------------------------------------------------- SLURM -------------------------------
@@ -119,14 +117,21 @@ def _submit(workdir: Path, *args, **env) -> tuple[str, str]:
     return _wait(workdir, _sbatch(workdir, *args, **env))
 
 
-def _wait(workdir: Path, job: str) -> tuple[str, str]:
-    """Poll ``job`` until it ends (a requeued job runs again first); return (state, job output)."""
-    state, info = "", ""
+def _wait(workdir: Path, job: str, release: bool = False) -> tuple[str, str]:
+    """Poll ``job`` until it ends; return (state, job output). With ``release``, a requeued job is let
+    start 5 s after its requeue (SLURM holds one about two minutes, Reason=BeginTime; released at once,
+    it can start before its nodes have dropped the last run's credential and fail: "Job credential
+    revoked", seen in testing)."""
+    state, info, held_since = "", "", None
     for _ in range(480):
         info = _sh("scontrol", "show", "job", job).stdout
         state = info.split("JobState=")[1].split()[0] if "JobState=" in info else ""
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             break
+        held = release and state == "PENDING" and "Reason=BeginTime" in info
+        held_since = (held_since or time.monotonic()) if held else None
+        if held and time.monotonic() - held_since > 5:
+            _sh("scontrol", "update", f"JobId={job}", "StartTime=now")
         time.sleep(0.5)
     else:
         _sh("scancel", job)
@@ -142,10 +147,30 @@ def test_sbatch_dry_run_two_nodes_four_gpus(slurm_cluster, tmp_path):
     assert state == "COMPLETED", out
     assert "on 2 node(s)" in out and "4 process(es) per node" in out
     line = [x for x in out.splitlines() if "torch.distributed.run" in x][0].split()
-    assert line[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert line[:4] == ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300", "srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--nnodes=2" in line and "--nproc_per_node=4" in line and "--rdzv_backend=c10d" in line
     assert any(x.startswith("--rdzv_endpoint=node1:") for x in line) and "--max-restarts=0" in line
     assert line[-4:] == ["-m", "sdft", "train", "my.yaml"]
+    assert "time limit 600 s, stop margin 300 s" in out
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("env, message", [
+    ({"SDFT_STOP_MARGIN": "60"}, "SDFT_STOP_MARGIN=60 s is not shorter than the job's time limit (60 s)"),
+    ({"SDFT_STOP_MARGIN": "-5"}, "SDFT_STOP_MARGIN=-5: expected a whole number"),
+    ({"SDFT_MAX_REQUEUES": "-1"}, "SDFT_MAX_REQUEUES=-1: expected a whole number"),
+    ({"SDFT_MAX_RESTARTS": "x"}, "SDFT_MAX_RESTARTS=x: expected a whole number"),
+    ({"SDFT_STOP_GRACE": "1.5"}, "SDFT_STOP_GRACE=1.5: expected a whole number"),
+], ids=["margin-over-limit", "negative-margin", "negative-requeues", "restarts", "grace"])
+def test_sbatch_refuses_bad_stop_settings_before_anything_starts(slurm_cluster, tmp_path, env, message):
+    """A margin as long as the limit would stop the ranks as they start, requeue after requeue (what
+    SLURM's own ``--signal`` does with such a margin: measured, docs/recovery.md)."""
+    state, out = _submit(tmp_path, "--time=1", "--nodes=1", "--gpus-per-node=1", "--cpus-per-task=1",
+                         LAUNCH / "slurm" / "sdft.sbatch", "train", "my.yaml",
+                         **env)
+    assert state == "FAILED" and message in out, out
+    assert "process(es) per node" not in out  # refused before the job's first line
 
 
 @slurm
@@ -168,13 +193,10 @@ def test_sbatch_two_node_training_completes_with_a_checkpoint(slurm_cluster, dis
 @pytest.mark.distributed
 def test_a_signalled_two_node_job_checkpoints_requeues_itself_and_resumes_to_the_unbroken_weights(
         slurm_cluster, distilled, tmp_path):
-    """SIGUSR1 to the batch script (what ``--signal=B:USR1@<s>`` sends before the time limit): the ranks
+    """SIGUSR1 to the batch script (what its time-limit timer, or ``--signal=B:USR1@<s>``, sends): the ranks
     stop at a checkpoint, the job requeues itself and its second start resumes and finishes with the
     weights of an unbroken two-rank run."""
     import json
-
-    import torch
-    from safetensors.torch import load_file
 
     from tests.conftest import REPRODUCIBLE_ENV
 
@@ -195,11 +217,10 @@ def test_a_signalled_two_node_job_checkpoints_requeues_itself_and_resumes_to_the
     while "JobState=PENDING" not in (info := _sh("scontrol", "show", "job", job).stdout):
         assert time.time() < deadline and "JobState=COMPLETED" not in info, info
         time.sleep(0.2)
-    # SLURM holds a requeued job for two minutes before it may start again; the test does not wait.
-    assert _sh("scontrol", "update", f"JobId={job}", "StartTime=now").returncode == 0
-    state, text = _wait(tmp_path, job)
+    state, text = _wait(tmp_path, job, release=True)
     assert state == "COMPLETED", text[-3000:]
-    assert "got SIGUSR1" in text and f"requeueing job {job} (1 of 3)" in text and "start 2 (requeued 1" in text
+    assert "got SIGUSR1 (the time-limit warning)" in text and f"requeueing job {job} (1 of 3)" in text
+    assert "start 2 (requeued 1" in text
     assert "stopped by SIGTERM after step" in text and "resuming from step-" in text
     assert "Restarts=1" in _sh("scontrol", "show", "job", job).stdout
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
@@ -207,7 +228,98 @@ def test_a_signalled_two_node_job_checkpoints_requeues_itself_and_resumes_to_the
     ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", "train", path, f"output_dir={unbroken}", *over,
               MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    a = load_file(str(out / "train" / "final" / "adapter_model.safetensors"))
-    b = load_file(str(unbroken / "train" / "final" / "adapter_model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    _same_adapters(out, unbroken)
+
+
+def _same_adapters(a: Path, b: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = (load_file(str(d / "train" / "final" / "adapter_model.safetensors")) for d in (a, b))
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_two_node_job_longer_than_its_time_limit_stops_requeues_and_ends_with_the_unbroken_weights(
+        slurm_cluster, distilled, tmp_path):
+    """A 1-minute limit, SDFT_STOP_MARGIN=40: the script's timer stops the ranks 40 s before the limit,
+    at a checkpoint, and requeues the job, as many times as the training needs; the job completes with
+    every step logged once and the weights of an unbroken two-rank run."""
+    import json
+
+    from tests.conftest import REPRODUCIBLE_ENV
+
+    path, _, clone = distilled
+    out, unbroken = clone("time-limited"), clone("unbroken")
+    over = ("train.deepspeed=zero2", "train.grad_accum=8", "train.max_steps=150", "train.logging_steps=1",
+            "train.save_every=0")
+    job = _sbatch(tmp_path, "--time=1", "--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1",
+                  LAUNCH / "slurm" / "sdft.sbatch", "train", path, f"output_dir={out}", *over, SDFT_NPROC_PER_NODE="1",
+                  SDFT_RDZV_PORT=str(free_port()), SDFT_STOP_MARGIN="40", SDFT_MAX_REQUEUES="6", **REPRODUCIBLE_ENV)
+    state, text = _wait(tmp_path, job, release=True)
+    assert state == "COMPLETED", text[-3000:]
+    starts = text.count("sdft: job ")
+    assert starts >= 2 and text.count("s left of the time limit (SDFT_STOP_MARGIN=40)") == starts - 1, text[-3000:]
+    assert f"requeueing job {job} ({starts - 1} of 6)" in text and text.count("resuming from step-") == starts - 1
+    assert f"Restarts={starts - 1}" in _sh("scontrol", "show", "job", job).stdout
+    log = out / "train" / "train_log.jsonl"
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 151))
+    ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", "train", path, f"output_dir={unbroken}", *over,
+              MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same_adapters(out, unbroken)
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", ["distill-zero3", "on-policy-zero3"])
+def test_a_preempted_two_node_job_requeues_itself_and_ends_as_an_unbroken_run(slurm_cluster, tiny_config, tmp_path,
+                                                                              stage):
+    """``scancel --signal=TERM <job>`` (what preemption sends; it reaches the job step, not the batch
+    script) mid-distillation or mid-on-policy-training, both with ZeRO-3 on two nodes: the ranks stop at a
+    batch or step boundary, the script learns it from the ranks (SDFT_STOP_MARKER) and requeues the job,
+    which resumes and ends with what an unbroken two-rank run wrote."""
+    import json
+
+    from tests.conftest import REPRODUCIBLE_ENV
+
+    if stage == "distill-zero3":
+        path, out = tiny_config(n_train=40, distill={"batch_size": 2, "mode": "zero3",
+                                                     "sampling": {"max_new_tokens": 24}})
+        cmd, over = "distill", ()
+        progress = out / "distill" / "rewrites.part-0.jsonl"
+    else:
+        path, out = tiny_config(n_train=8)
+        cmd = "train"
+        over = ("train.objective=on_policy", "train.deepspeed=zero3", "train.grad_accum=1", "train.max_steps=30",
+                "train.logging_steps=1", "train.save_every=0", "train.on_policy.sampling.max_new_tokens=6")
+        progress = out / "train" / "train_log.jsonl"
+    job = _sbatch(tmp_path, "--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1", LAUNCH / "slurm" / "sdft.sbatch",
+                  cmd, path, *over, SDFT_NPROC_PER_NODE="1", SDFT_RDZV_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    deadline = time.time() + 240
+    while not progress.exists() or len(progress.read_text().splitlines()) < 3:
+        assert time.time() < deadline, _sh("scontrol", "show", "job", job).stdout
+        time.sleep(0.05)
+    assert _sh("scancel", "--signal=TERM", job).returncode == 0
+    state, text = _wait(tmp_path, job, release=True)
+    assert state == "COMPLETED", text[-3000:]
+    assert "the ranks got SIGTERM (not this script): they checkpointed and stopped" in text, text[-3000:]
+    assert f"requeueing job {job} (1 of 3)" in text and "start 2 (requeued 1" in text
+    assert "sdft: stopped: " in text and ("resuming" in text.split("start 2 (requeued 1")[1])
+    unbroken = tmp_path / "unbroken"
+    ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", cmd, path, f"output_dir={unbroken}", *over,
+              MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    if cmd == "distill":
+        got, want = ({json.loads(x)["id"]: json.loads(x) for x in (d / "distill" / "rewrites.jsonl").read_text().splitlines()}
+                     for d in (out, unbroken))
+        assert got == want and len(got) == 40
+    else:
+        _same_adapters(out, unbroken)
+        steps = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
+        assert steps == list(range(1, 31))

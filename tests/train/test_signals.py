@@ -65,7 +65,9 @@ def test_a_signalled_run_checkpoints_exits_resumable_and_resumes_to_the_unbroken
                                                                                      signum):
     path, _, clone = distilled
     broken = clone("broken")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **REPRODUCIBLE_ENV}
+    marker = broken.parent / f"stopped-{broken.name}"  # a launcher's hint that the ranks stopped resumably
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SDFT_STOP_MARKER": str(marker),
+           **REPRODUCIBLE_ENV}
     proc = subprocess.Popen([sys.executable, "-m", "sdft", "train", str(path), f"output_dir={broken}", *OVER],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     _signal_when_training(proc, broken, lambda: [proc.pid], signum)
@@ -75,8 +77,12 @@ def test_a_signalled_run_checkpoints_exits_resumable_and_resumes_to_the_unbroken
     assert f"sdft: stopped: train: stopped by {signal.Signals(signum).name} after step {stopped_at} of {STEPS}" in err
     assert [p.name for p in (broken / "train" / "checkpoints").glob("step-*")] == [f"step-{stopped_at:06d}"]
     assert not (broken / "train" / "COMPLETE.json").exists() and stopped_at < STEPS
-    resumed = run_cli("train", str(path), f"output_dir={broken}", *OVER, env=REPRODUCIBLE_ENV)
+    assert marker.exists()
+    marker.unlink()
+    resumed = run_cli("train", str(path), f"output_dir={broken}", *OVER,
+                      env={**REPRODUCIBLE_ENV, "SDFT_STOP_MARKER": str(marker)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not marker.exists()  # only a stopped command leaves it
     assert f"resuming from step-{stopped_at:06d}" in resumed.stderr
     _same(_adapter(broken), unbroken_one_rank)
     assert _logged_steps(broken) == list(range(1, STEPS + 1))
