@@ -1,6 +1,6 @@
 """Stopping at a step boundary when the cluster asks: SIGTERM (SLURM's preemption, ``scancel``,
-torchrun passing on its own SIGTERM, the sbatch script before the time limit) and SIGUSR1 (``sbatch --signal=B:USR1@<seconds>``
-limit).
+torchrun passing on its own SIGTERM, the sbatch script before the time limit) and SIGUSR1
+(``sbatch --signal=B:USR1@<seconds>`` before the time limit).
 
 Inside ``on_signals()`` (the training loop) either signal only records itself: the loop finishes the
 optimizer step it is in, every rank learns at the step's end whether any rank was signalled (one small
