@@ -323,3 +323,34 @@ def test_a_preempted_two_node_job_requeues_itself_and_ends_as_an_unbroken_run(sl
         _same_adapters(out, unbroken)
         steps = [json.loads(x)["step"] for x in progress.read_text().splitlines()]
         assert steps == list(range(1, 31))
+
+
+@slurm
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_rank_killed_in_a_two_node_job_is_restarted_across_nodes_and_ends_with_the_unbroken_weights(
+        slurm_cluster, distilled, tmp_path):
+    """SDFT_MAX_RESTARTS=1: the rank on the second node SIGKILLed after step 3 (checkpoint at 2); both
+    nodes' torchrun agents meet again through the c10d rendezvous, training resumes at step 2 and the job
+    completes, without a requeue, with the weights of an unbroken run."""
+    import json
+
+    from tests.conftest import REPRODUCIBLE_ENV
+
+    path, _, clone = distilled
+    out, unbroken = clone("restarted-2node"), clone("unbroken")
+    over = ("train.deepspeed=zero2", "train.grad_accum=1", "train.max_steps=6", "train.save_every=2",
+            "train.logging_steps=1")
+    state, text = _submit(tmp_path, "--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1",
+                          LAUNCH / "slurm" / "sdft.sbatch", "train", path, f"output_dir={out}", *over,
+                          SDFT_NPROC_PER_NODE="1", SDFT_RDZV_PORT=str(free_port()), SDFT_MAX_RESTARTS="1",
+                          SDFT_KILL_AT="train_step:3", SDFT_KILL_RANK="1", SDFT_KILL_ONCE=str(tmp_path / "killed"),
+                          **REPRODUCIBLE_ENV)
+    assert state == "COMPLETED", text[-3000:]
+    assert (tmp_path / "killed").exists() and "resuming from step-000002" in text and "requeueing" not in text
+    log = out / "train" / "train_log.jsonl"
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", "train", path, f"output_dir={unbroken}", *over,
+              MASTER_PORT=str(free_port()), **REPRODUCIBLE_ENV)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _same_adapters(out, unbroken)
