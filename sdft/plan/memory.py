@@ -48,8 +48,10 @@ def trainable_states(trainable: int, largest_layer: int, setting: ZeroSetting, g
     world = gpus_per_node * nodes
     s = setting
     if s.stage <= 2:
-        sharded = {0: 18, 1: 12, 2: 18}[s.stage]  # what ZeRO partitions, of the 18 bytes
-        kept = {0: 0, 1: 6, 2: 0}[s.stage]  # ZeRO-1 keeps every gradient (16- and 32-bit) on each rank
+        sharded = {0: 18, 1: 16, 2: 18}[s.stage]  # what ZeRO partitions, of the 18 bytes
+        # ZeRO-1 keeps every 16-bit gradient on each rank; its 32-bit gradients are made for the rank's
+        # partition only (DeepSpeed's stage-1/2 optimizer; measured: benchmarks/plan_zero.py).
+        kept = {0: 0, 1: 2, 2: 0}[s.stage]
         if s.offload_optimizer:
             return Bytes(2 * trainable, int(trainable * max(4 * world, 16) * BUFFER))
         return Bytes(2 * trainable + kept * trainable + int(sharded * trainable / (world if s.stage else 1)),
@@ -91,6 +93,20 @@ def model_states(shape: ModelShape, method: str, trainable: int, weight_bytes: i
             return Bytes(states.gpu, states.cpu + share * gpus_per_node)
         return Bytes(states.gpu + share, states.cpu)
     return Bytes(states.gpu + frozen, states.cpu)
+
+
+ADAM_TEMPORARY = {True: 4, False: 8}
+"""Bytes per trained float32 parameter that torch's AdamW allocates for the length of its step, by
+device (``cuda``): the denominator ``sqrt(v) / c + eps`` (its foreach path on CUDA makes one float32
+temporary; its single-tensor path on the CPU two: measured, benchmarks/plan_zero.py)."""
+
+
+def optimizer_step_bytes(trainable: int, setting: ZeroSetting, world: int, cuda: bool = True) -> int:
+    """The optimizer step's temporaries on a rank: AdamW's over the rank's share of the trained
+    parameters (all of them at ZeRO-0), none on the GPU when the optimizer runs on the CPU (offload)."""
+    if setting.offload_optimizer:
+        return 0
+    return ADAM_TEMPORARY[cuda] * (trainable // world if setting.stage else trainable)
 
 
 def kv_cache_bytes(shape: ModelShape, slots: int, capacity: int, dtype_bytes: int) -> int:

@@ -17,7 +17,7 @@ from sdft.config.schema import RunConfig
 from sdft.models.builtin import resolve_model_path
 from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
 from sdft.plan.cards import Card
-from sdft.plan.memory import ZeroSetting, frozen_bytes, kv_cache_bytes, model_states
+from sdft.plan.memory import ZeroSetting, frozen_bytes, kv_cache_bytes, model_states, optimizer_step_bytes
 from sdft.plan.recommend import SHIPPED, Choice, cheapest
 from sdft.plan.shape import ModelShape, model_shape
 from sdft.plan.timing import Workload, estimate
@@ -56,9 +56,10 @@ class TrainingMemory:
     configured micro-batch (``train.micro_batch_size`` rows of ``train.cutoff_len`` tokens: the bound, a
     packed row is that long, a padded batch at most), and scaled by rows for another micro-batch."""
 
-    def __init__(self, cfg: RunConfig, config, shape: ModelShape, gpus_per_node: int, nodes: int):
+    def __init__(self, cfg: RunConfig, config, shape: ModelShape, gpus_per_node: int, nodes: int, cuda: bool = True):
         t = cfg.train
         self.cfg, self.shape, self.gpus_per_node, self.nodes = cfg, shape, gpus_per_node, nodes
+        self.cuda = cuda  # False: the same run on the CPU (benchmarks compare the plan with CPU runs)
         self.width = _WEIGHT_BYTES[cfg.model.dtype]
         self.trainable = trainable_params(cfg, shape)
         lora = None
@@ -82,9 +83,10 @@ class TrainingMemory:
         trained = t.method == "full"
         if self.on_policy:  # every answer token scored, at its bound
             return divergence_head_bytes(rows * t.cutoff_len, rows * t.on_policy.sampling.max_new_tokens,
-                                         self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused, trained)
+                                         self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused, trained,
+                                         cuda=self.cuda)
         return loss_head_bytes(rows * t.cutoff_len, self.shape.hidden_size, self.shape.vocab_size, self.width,
-                               self.fused, head_trained=trained)
+                               self.fused, head_trained=trained, cuda=self.cuda)
 
     def teacher(self) -> int:
         """On-policy training's teacher weights: none for LoRA's seed teacher (the adapters are switched
@@ -109,11 +111,17 @@ class TrainingMemory:
         return model_states(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
                             self.gpus_per_node, self.nodes)
 
+    def optimizer_step(self, setting: ZeroSetting) -> int:
+        """The optimizer step's temporaries on a rank (``memory.optimizer_step_bytes``)."""
+        return optimizer_step_bytes(self.trainable, setting, self.gpus_per_node * self.nodes, self.cuda)
+
     def peak(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
         """Bytes allocated at the step's peak on a rank: the model states (and an on-policy teacher), then
-        the larger of the forward/backward (activations and loss head) and on-policy sampling."""
+        the largest of the forward/backward (activations and loss head), the optimizer step's temporaries
+        and on-policy sampling (they come one after another)."""
         step = self.activations(checkpointing, micro) + self.head(micro)
-        return self.states(setting).gpu + self.teacher() + max(step, self.sampling(setting))
+        return (self.states(setting).gpu + self.teacher()
+                + max(step, self.optimizer_step(setting), self.sampling(setting)))
 
     def supported(self, setting: ZeroSetting) -> bool:
         """False where sdft refuses the setting: on-policy training with a teacher copy under ZeRO-3."""

@@ -33,7 +33,7 @@ def test_full_fine_tuning_equals_deepspeeds_estimators(total, largest):
 def test_zero_stages_partition_more_and_more():
     t, largest = 1_000_000_000, 100_000_000
     gpu = [trainable_states(t, largest, ZeroSetting(s), 8).gpu for s in (0, 1, 2, 3)]
-    assert gpu == [20 * t, 2 * t + 6 * t + 12 * t // 8, 2 * t + 18 * t // 8, 4 * largest + 18 * t // 8]
+    assert gpu == [20 * t, 2 * t + 2 * t + 16 * t // 8, 2 * t + 18 * t // 8, 4 * largest + 18 * t // 8]
     assert gpu == sorted(gpu, reverse=True)
 
 
@@ -176,3 +176,30 @@ def test_distillation_in_zero3_mode_holds_a_share_and_what_it_gathers(tiny_model
         assert distill["weights_gib"] * GIB == pytest.approx(whole // 4 + gathered)
         assert evaluation["weights_gib"] * GIB == whole and evaluation["mode"] == "replica"
         assert generation(cfg, shape, card("H100"), world=1)[0]["weights_gib"] * GIB == whole  # one rank: no partition
+
+
+def test_the_optimizer_steps_temporaries_set_the_peak_when_they_outgrow_the_activations(tiny_model_dir):
+    """AdamW's float32 denominator over the rank's share of the trained parameters comes after backward:
+    the peak is the states plus the larger of the two (never their sum); none with the optimizer offloaded."""
+    from transformers import AutoConfig
+
+    from sdft.config import load_config
+    from sdft.plan.memory import optimizer_step_bytes
+    from sdft.plan.plan import TrainingMemory
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    shape = model_shape(config)
+    cfg = load_config(EXAMPLES / "tiny.yaml", [f"model.path={tiny_model_dir}", "train.method=full",
+                                               "train.micro_batch_size=1", "train.cutoff_len=8"])
+    for cuda, per_param in ((True, 4), (False, 8)):
+        mem = TrainingMemory(cfg, config, shape, 2, 1, cuda=cuda)
+        for setting in (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(3)):
+            share = shape.total_params // 2 if setting.stage else shape.total_params
+            assert mem.optimizer_step(setting) == optimizer_step_bytes(shape.total_params, setting, 2, cuda) \
+                == per_param * share
+            step = mem.activations(False) + mem.head()
+            assert mem.optimizer_step(setting) > step  # 8 tokens of a tiny model: the optimizer's step is larger
+            assert mem.peak(setting, False) == mem.states(setting).gpu + mem.optimizer_step(setting)
+        assert mem.optimizer_step(ZeroSetting(2, offload_optimizer=True)) == 0
+        offloaded = ZeroSetting(3, offload_optimizer=True)
+        assert mem.peak(offloaded, False) == mem.states(offloaded).gpu + step
