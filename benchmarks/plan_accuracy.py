@@ -52,6 +52,9 @@ GPU_CASES = [dict(name=f"1b-{method}-bfloat16-{'fused' if fused else 'plain'}{'-
              for method in ("full", "lora") for fused, ckpt in ((True, False), (False, False), (True, True))]
 CASES += [dict(name=f"smollm2-{method}-float32-fused", model="smollm2", method=method, dtype="float32", fused=True,
                ckpt=False, rows=2, seq=512) for method in ("full", "lora")]
+# QLoRA as sdft builds it (4-bit NF4 base with double quantisation, prepare_model_for_kbit_training, LoRA).
+CASES += [dict(name="mid-qlora-bfloat16-fused", model="mid", method="qlora", dtype="bfloat16", fused=True, ckpt=False,
+               rows=4, seq=512)]
 
 
 def _status_kib(field: str) -> int:
@@ -81,6 +84,8 @@ def _build(case: dict, device: torch.device):
 
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=4096, **(MID if case["model"] == "mid" else SHAPES[case["model"]]))
+    if case["method"] == "qlora":
+        return _build_qlora(case, config, device), config
     lora = LORA if case["method"] == "lora" else None
     from sdft.models.loading import cpu_sdpa_broken
 
@@ -88,6 +93,29 @@ def _build(case: dict, device: torch.device):
     # AVX-512); eager keeps the [heads, T, T] probabilities the plan does not count, so the ratio drops.
     attention = "eager" if device.type == "cpu" and cpu_sdpa_broken() else "sdpa"
     return plan_model(config, dtype, lora, device=device.type, attention=attention), config
+
+
+def _build_qlora(case: dict, config, device: torch.device):
+    """The model ``train.method=qlora`` trains (``sdft.train.model.build_model``), from a random model
+    saved in bfloat16; records in ``case`` the resident memory the built model added."""
+    import tempfile
+
+    from transformers import LlamaForCausalLM
+
+    from sdft.config import load_config
+    from sdft.train.model import build_model
+
+    folder = Path(tempfile.mkdtemp())
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    cfg = load_config(HERE.parent / "examples" / "tiny.yaml",
+                      [f"model.path={folder}", f"model.dtype={case['dtype']}", "train.method=qlora",
+                       f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}",
+                       f"train.lora_dropout={LORA['lora_dropout']}", "train.gradient_checkpointing=false"])
+    build_model(cfg, device, None)  # a rehearsal: bitsandbytes' and peft's code resident before the baseline
+    before = _status_kib("VmRSS")
+    model = build_model(cfg, device, None)
+    case["weights_measured"] = (_status_kib("VmRSS") - before) * 1024
+    return model
 
 
 def measure(case: dict) -> dict:
@@ -142,10 +170,11 @@ def measure(case: dict) -> dict:
         step()
         measured = (_status_kib("VmHWM") - before) * 1024
     dtype = getattr(torch, case["dtype"])
-    lora = LORA if case["method"] == "lora" else None
-    counted = count_activations(config, dtype, case["rows"], case["seq"], lora)
+    lora = LORA if case["method"] != "full" else None
+    qlora = case["method"] == "qlora"
+    counted = count_activations(config, dtype, case["rows"], case["seq"], lora, quantized=qlora)
     acts = counted.saved(case["ckpt"])
-    width = torch.finfo(dtype).bits // 8
+    width = 4 if qlora else torch.finfo(dtype).bits // 8  # QLoRA's prepared head is float32
     head_trained = case["method"] == "full"
     if on_policy:
         head = divergence_head_bytes(rows * seq, rows * case["answer"], config.hidden_size, config.vocab_size, width,
@@ -157,7 +186,14 @@ def measure(case: dict) -> dict:
     # The step allocates the gradients in backward as it frees the activations: the peak is at the end
     # of forward, or with checkpointing near the end of backward (every gradient, one layer recomputed).
     predicted = max(acts + head, grads + counted.per_layer if case["ckpt"] else 0)
-    return {"case": case["name"], "activations_mib": acts / 2**20, "head_mib": head / 2**20, "grads_mib": grads / 2**20,
+    extra = {}
+    if case["method"] == "qlora":  # the weights too: the 4-bit base, its float32 rest, the adapters
+        from sdft.plan.memory import frozen_bytes
+        from sdft.plan.shape import model_shape
+
+        weights = frozen_bytes(model_shape(config), "qlora", 2) + grads  # adapters: float32, like their grads
+        extra = {"weights_predicted_mib": weights / 2**20, "weights_measured_mib": case["weights_measured"] / 2**20}
+    return {**extra, "case": case["name"], "activations_mib": acts / 2**20, "head_mib": head / 2**20, "grads_mib": grads / 2**20,
             "predicted_mib": predicted / 2**20, "measured_mib": measured / 2**20, "ratio": predicted / measured}
 
 
@@ -201,7 +237,7 @@ def main() -> None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     print("| case | activations MiB | head MiB | grads MiB | predicted MiB | measured MiB | predicted / measured |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    ratios = []
+    ratios, weights = [], []
     for case in CASES + (GPU_CASES if torch.cuda.is_available() else []):
         if args.cases not in case["name"]:
             continue
@@ -214,9 +250,14 @@ def main() -> None:
         ratios.append(r["ratio"])
         print(f"| {r['case']} | {r['activations_mib']:.1f} | {r['head_mib']:.1f} | {r['grads_mib']:.1f} | "
               f"{r['predicted_mib']:.1f} | {r['measured_mib']:.1f} | {r['ratio']:.3f} |", flush=True)
+        if "weights_measured_mib" in r:
+            weights.append(r)
     if ratios:
         print(f"ratios: min {min(ratios):.3f}, max {max(ratios):.3f}; within +-15%: "
               f"{sum(0.85 <= r <= 1.15 for r in ratios)} of {len(ratios)}")
+    for r in weights:
+        print(f"{r['case']}: weights (4-bit base, float32 rest, adapters) {r['weights_predicted_mib']:.1f} MiB "
+              f"predicted, {r['weights_measured_mib']:.1f} measured: {r['weights_predicted_mib'] / r['weights_measured_mib']:.3f}")
     h100_anchor()
 
 

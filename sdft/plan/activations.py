@@ -103,14 +103,44 @@ def saved_tensor_bytes(model, rows: int, seq: int) -> tuple[int, int]:
     return sum(saved.values()), hidden.numel() * hidden.element_size()
 
 
-def plan_model(config, dtype: torch.dtype, lora: dict | None, device: str = "meta", attention: str = "sdft_plan"):
-    """The causal LM of ``config`` as training builds it (LoRA adapters by peft), in train mode on ``device``."""
+def _as_prepared_4bit(model, dtype: torch.dtype) -> None:
+    """Make ``model`` hold and compute what QLoRA's does (``train.method=qlora``): its linear layers but
+    the LM head are bitsandbytes' 4-bit layers, which cast their input to the compute dtype and their
+    output back to the input's dtype and save nothing for backward (the weight is frozen, the input not
+    needed); peft's ``prepare_model_for_kbit_training`` casts every other parameter to float32, so norms,
+    embeddings and what follows them run in float32."""
+    head = model.get_output_embeddings()
+
+    def to_compute(module, args):
+        module._plan_input_dtype = args[0].dtype
+        return (args[0].to(dtype), *args[1:])
+
+    def back(module, args, output):
+        return output.to(module._plan_input_dtype)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            module.requires_grad_(False)
+            module.register_forward_pre_hook(to_compute)
+            module.register_forward_hook(back)
+    quantized = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    for p in model.parameters():
+        if id(p) not in quantized:
+            p.data = p.data.to(torch.float32)
+
+
+def plan_model(config, dtype: torch.dtype, lora: dict | None, device: str = "meta", attention: str = "sdft_plan",
+               quantized: bool = False):
+    """The causal LM of ``config`` as training builds it (LoRA adapters by peft; ``quantized``: on a
+    4-bit base prepared as QLoRA prepares it), in train mode on ``device``."""
     from transformers import AutoModelForCausalLM
 
     _register_plan_attention()
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
     model.config.use_cache = False
+    if quantized:
+        _as_prepared_4bit(model, dtype)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -120,7 +150,8 @@ def plan_model(config, dtype: torch.dtype, lora: dict | None, device: str = "met
     return model.train()
 
 
-def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dict | None = None) -> Activations:
+def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dict | None = None,
+                      quantized: bool = False) -> Activations:
     """What training the causal LM of transformers ``config`` saves for a [rows, seq] micro-batch.
 
     Args:
@@ -128,10 +159,12 @@ def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dic
         dtype: the weights' dtype in training (activations follow it; norms may upcast to float32).
         lora: ``LoraConfig`` keyword arguments (``r``, ``lora_alpha``, ``lora_dropout``,
             ``target_modules``) when LoRA adapters train, else None (every weight trains).
+        quantized: QLoRA's 4-bit base (``_as_prepared_4bit``), ``dtype`` its compute dtype.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    two, layer_input = saved_tensor_bytes(plan_model(_with_layers(config, 2), dtype, lora), rows, seq)
-    three, _ = saved_tensor_bytes(plan_model(_with_layers(config, 3), dtype, lora), rows, seq)
+    two, layer_input = saved_tensor_bytes(plan_model(_with_layers(config, 2), dtype, lora, quantized=quantized),
+                                          rows, seq)
+    three, _ = saved_tensor_bytes(plan_model(_with_layers(config, 3), dtype, lora, quantized=quantized), rows, seq)
     return Activations(two_layers=two, per_layer=three - two, layer_input=layer_input, layers=text.num_hidden_layers)
 
 

@@ -68,17 +68,21 @@ def trainable_states(trainable: int, largest_layer: int, setting: ZeroSetting, g
     return Bytes(largest + int(18 * trainable / world), int(cpu * BUFFER))
 
 
-def frozen_bytes(shape: ModelShape, method: str, weight_bytes: int, quant_double: bool = True) -> int:
+def frozen_bytes(shape: ModelShape, method: str, weight_bytes: int, quant_double: bool = True,
+                 training: bool = True) -> int:
     """The frozen base of LoRA (``weight_bytes`` per parameter) or QLoRA (its linear layers but the LM
     head in 4 bits with one float32 absmax per 64 weights, or with double quantisation an 8-bit absmax and
-    one float32 per 256 blocks; the rest at ``weight_bytes``); 0 for full fine-tuning."""
+    one float32 per 256 blocks; the rest at ``weight_bytes``, or in ``training`` in float32: peft's
+    ``prepare_model_for_kbit_training``, which sdft runs before training, casts every 16-bit parameter
+    that is not 4-bit to float32); 0 for full fine-tuning."""
     if method == "full":
         return 0
     if method == "lora":
         return shape.total_params * weight_bytes
     quantized = sum(i * o for n, (i, o) in shape.linear_params.items() if not n.endswith("lm_head"))
     per_weight = 0.5 + (1 / 64 + 4 / (64 * 256) if quant_double else 4 / 64)
-    return int(quantized * per_weight) + (shape.total_params - quantized) * weight_bytes
+    rest = max(weight_bytes, 4) if training else weight_bytes
+    return int(quantized * per_weight) + (shape.total_params - quantized) * rest
 
 
 def model_states(shape: ModelShape, method: str, trainable: int, weight_bytes: int, setting: ZeroSetting,

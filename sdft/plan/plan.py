@@ -63,14 +63,16 @@ class TrainingMemory:
         self.width = _WEIGHT_BYTES[cfg.model.dtype]
         self.trainable = trainable_params(cfg, shape)
         lora = None
-        if t.method != "full":  # QLoRA: counted as LoRA on a base at model.dtype (4-bit layers save their input too)
+        if t.method != "full":
             lora = dict(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                         target_modules="all-linear" if t.lora_targets == ["all-linear"] else t.lora_targets)
         # On-policy training runs each prompt's samples as rows of prompt + answer, at most cutoff_len long.
         self.on_policy = t.objective == "on_policy"
         self.samples = t.on_policy.samples_per_prompt if self.on_policy else 1
         self.acts = count_activations(config, getattr(torch, cfg.model.dtype), t.micro_batch_size * self.samples,
-                                      t.cutoff_len, lora)
+                                      t.cutoff_len, lora, quantized=t.method == "qlora")
+        # QLoRA's prepared model computes past its norms, and its loss head, in float32.
+        self.head_width = 4 if t.method == "qlora" else self.width
         self.fused = t.fused_loss == "on" or (t.fused_loss == "auto" and shape.fused_loss_blocker is None)
 
     def activations(self, checkpointing: bool, micro: int | None = None) -> int:
@@ -83,9 +85,9 @@ class TrainingMemory:
         trained = t.method == "full"
         if self.on_policy:  # every answer token scored, at its bound
             return divergence_head_bytes(rows * t.cutoff_len, rows * t.on_policy.sampling.max_new_tokens,
-                                         self.shape.hidden_size, self.shape.vocab_size, self.width, self.fused, trained,
-                                         cuda=self.cuda)
-        return loss_head_bytes(rows * t.cutoff_len, self.shape.hidden_size, self.shape.vocab_size, self.width,
+                                         self.shape.hidden_size, self.shape.vocab_size, self.head_width, self.fused,
+                                         trained, cuda=self.cuda)
+        return loss_head_bytes(rows * t.cutoff_len, self.shape.hidden_size, self.shape.vocab_size, self.head_width,
                                self.fused, head_trained=trained, cuda=self.cuda)
 
     def teacher(self) -> int:
@@ -185,7 +187,9 @@ def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> 
     out = []
     for stage, slots, prompt, new in (("distill", d.batch_size, d.cutoff_len, d.sampling.max_new_tokens),
                                       ("eval", cfg.eval.batch_size, cfg.train.cutoff_len, cfg.eval.sampling.max_new_tokens)):
-        whole = frozen_bytes(shape, "qlora", width) if stage == "distill" and d.quantized else shape.total_params * width
+        whole = shape.total_params * width
+        if stage == "distill" and d.quantized:
+            whole = frozen_bytes(shape, "qlora", width, training=False)
         weights, mode = whole, "replica"
         if stage == "distill" and d.mode == "zero3" and world > 1:
             gathered = whole if d.zero3_gather else shape.largest_layer_params * width

@@ -78,3 +78,28 @@ def test_the_divergence_head_counts_the_scored_logits_of_both_models(dtype_bytes
     chunk = max(default_chunk_rows(scored, h, v), CPU_MIN_CHUNK_ROWS)
     cpu = divergence_head_bytes(positions, scored, h, v, dtype_bytes, fused=True, head_trained=False, cuda=False)
     assert cpu == 3 * scored * h * dtype_bytes + chunk * v * (2 * dtype_bytes + 24) < plain
+
+
+@pytest.mark.parametrize("lora", [LORA, dict(LORA, target_modules=["q_proj", "v_proj"])], ids=["all-linear", "q-v"])
+def test_the_qlora_count_is_what_a_real_4bit_forward_saves(tmp_path, lora):
+    """QLoRA as sdft builds it (bitsandbytes NF4 base, ``prepare_model_for_kbit_training``, peft LoRA):
+    the 4-bit layers save nothing, and the float32 norms and embeddings make the rest run in float32."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
+
+    rows, seq, layers = 3, 37, 4
+    torch.manual_seed(0)
+    LlamaForCausalLM(_config("llama", layers)).to(torch.bfloat16).save_pretrained(tmp_path)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16)
+    # float32 attention here: sdpa works at every CPU kernel level (bfloat16's does not below AVX-512).
+    real = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=q, dtype=torch.bfloat16,
+                                                attn_implementation="sdpa", device_map={"": "cpu"}).train()
+    real = prepare_model_for_kbit_training(real, use_gradient_checkpointing=False)
+    real = get_peft_model(real, LoraConfig(task_type="CAUSAL_LM", **lora)).train()
+    saved, layer_input = saved_tensor_bytes(real, rows, seq)
+    planned = count_activations(_config("llama", layers), torch.bfloat16, rows, seq, lora, quantized=True)
+    assert planned.saved(checkpointing=False) == saved > 0
+    assert planned.layer_input == layer_input == rows * seq * 96 * 4  # float32 from the embeddings on
+    lora_bf16 = count_activations(_config("llama", layers), torch.bfloat16, rows, seq, lora)
+    assert saved > lora_bf16.saved(checkpointing=False)  # what counting QLoRA as LoRA in bfloat16 missed
