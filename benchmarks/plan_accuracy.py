@@ -197,6 +197,45 @@ def measure(case: dict) -> dict:
             "predicted_mib": predicted / 2**20, "measured_mib": measured / 2**20, "ratio": predicted / measured}
 
 
+GENERATION_SLOTS = (8, 32, 128)
+PROMPT, NEW = 256, 64
+
+
+def measure_generation(slots: int) -> dict:
+    """Distillation's engine with ``slots`` rows on the ``mid`` model in bfloat16, ``slots`` prompts of
+    ``PROMPT`` tokens each making ``NEW`` tokens (greedy, no end token): the peak the run adds beside the
+    plan's KV cache and prefill (the weights, loaded before, are the plan's other generation figure)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sdft.config.schema import SamplingConfig
+    from sdft.models.engine import ContinuousEngine
+    from sdft.plan.memory import kv_cache_bytes, prefill_bytes
+    from sdft.plan.shape import model_shape
+
+    class Tok:  # token ids only; no end token is ever drawn (it is not in the vocabulary's range used)
+        pad_token_id, eos_token_id = 0, -1
+
+    torch.manual_seed(0)
+    config = LlamaConfig(max_position_embeddings=4096, attn_implementation="sdpa", **MID)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model.generation_config.eos_token_id = -1
+    g = torch.Generator().manual_seed(0)
+    prompts = {f"p{i}": torch.randint(3, MID["vocab_size"], (PROMPT,), generator=g).tolist() for i in range(slots)}
+    engine = ContinuousEngine(model, Tok(), slots, SamplingConfig(max_new_tokens=NEW, temperature=0.0), seed=0)
+    rehearsal = ContinuousEngine(model, Tok(), 1, SamplingConfig(max_new_tokens=2, temperature=0.0), seed=0)
+    for _ in rehearsal.run_ids({"r": prompts["p0"][:8]}, desc=""):  # code paths and thread pools warm
+        pass
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    for _ in engine.run_ids(prompts, desc=""):
+        pass
+    measured = (_status_kib("VmHWM") - before) * 1024
+    shape = model_shape(config)
+    kv, prefill = kv_cache_bytes(shape, slots, PROMPT + NEW, 2), prefill_bytes(shape, slots, PROMPT, 2)
+    return {"case": f"generate-{slots}-slots", "kv_mib": kv / 2**20, "prefill_mib": prefill / 2**20,
+            "measured_mib": measured / 2**20, "ratio": (kv + prefill) / measured}
+
+
 # benchmarks/RESULTS.md, "Train step" (H100, run 2): peak allocated GiB of the dense 8 x 2048 workload.
 H100_TRAIN_STEP = {"fused": 34.7, "plain": 57.2}
 
@@ -226,6 +265,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="", help="run the cases whose name contains this")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a case as JSON: run it here
+    p.add_argument("--generation", action="store_true",
+                   help=f"only distillation's engine at {', '.join(map(str, GENERATION_SLOTS))} slots")
+    p.add_argument("--one-generation", type=int, help=argparse.SUPPRESS)
     p.add_argument("--h100-anchor", action="store_true", help="only the plan for RESULTS.md's H100 train step")
     args = p.parse_args()
     if args.h100_anchor:
@@ -234,7 +276,13 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(json.loads(args.one))), flush=True)
         return
+    if args.one_generation:
+        print(json.dumps(measure_generation(args.one_generation)), flush=True)
+        return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    if args.generation:
+        generation(env)
+        return
     print("| case | activations MiB | head MiB | grads MiB | predicted MiB | measured MiB | predicted / measured |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ratios, weights = [], []
@@ -259,6 +307,21 @@ def main() -> None:
         print(f"{r['case']}: weights (4-bit base, float32 rest, adapters) {r['weights_predicted_mib']:.1f} MiB "
               f"predicted, {r['weights_measured_mib']:.1f} measured: {r['weights_predicted_mib'] / r['weights_measured_mib']:.3f}")
     h100_anchor()
+
+
+def generation(env: dict) -> None:
+    """Each slot count in its own process: the plan's KV cache beside the peak the engine's run adds."""
+    print("| case | plan KV cache MiB | plan prefill MiB | measured MiB | plan / measured |")
+    print("|---|---:|---:|---:|---:|")
+    for slots in GENERATION_SLOTS:
+        out = subprocess.run([sys.executable, __file__, "--one-generation", str(slots)], env=env, capture_output=True,
+                             text=True)
+        if out.returncode:
+            print(f"| generate-{slots}-slots | failed: {out.stderr.strip().splitlines()[-1]} |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {r['case']} | {r['kv_mib']:.1f} | {r['prefill_mib']:.1f} | {r['measured_mib']:.1f} | "
+              f"{r['ratio']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def shortfalls(cfg: RunConfig, config, memory_bytes: int, gpus_per_node: int, no
     for g in generation(cfg, shape, card, gpus_per_node * nodes):
         if g["stage"] in generates and not g["fits"]:
             option = "distill.batch_size" if g["stage"] == "distill" else "eval.batch_size"
-            out.append(f"{g['stage']}: the weights ({g['weights_gib']:.1f} GiB) and the KV cache of {g['slots']} slots "
-                       f"({g['kv_cache_gib']:.1f} GiB) do not fit the card's {have:.1f} GiB; lower {option}")
+            out.append(f"{g['stage']}: the weights ({g['weights_gib']:.1f} GiB), the KV cache of {g['slots']} slots "
+                       f"({g['kv_cache_gib']:.1f} GiB) and their prefill ({g['prefill_gib']:.1f} GiB) do not fit the "
+                       f"card's {have:.1f} GiB; lower {option}")
     return out
 
 

@@ -17,7 +17,14 @@ from sdft.config.schema import RunConfig
 from sdft.models.builtin import resolve_model_path
 from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
 from sdft.plan.cards import Card
-from sdft.plan.memory import ZeroSetting, frozen_bytes, kv_cache_bytes, model_states, optimizer_step_bytes
+from sdft.plan.memory import (
+    ZeroSetting,
+    frozen_bytes,
+    kv_cache_bytes,
+    model_states,
+    optimizer_step_bytes,
+    prefill_bytes,
+)
 from sdft.plan.recommend import SHIPPED, Choice, cheapest
 from sdft.plan.shape import ModelShape, model_shape
 from sdft.plan.timing import Workload, estimate
@@ -177,11 +184,12 @@ def _choice_dict(choice: Choice | None) -> dict | None:
 
 
 def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> list[dict]:
-    """Distillation and evaluation on one rank: the weights at ``generation.dtype`` and the engine's KV
-    cache for its slots, the longest prompt taken at its bound (``distill.cutoff_len``; for evaluation
-    ``train.cutoff_len``, as the data is not read). Replica mode holds the whole model on each rank;
-    distillation in ``distill.mode=zero3`` on several ranks holds its share of the weights plus what it
-    gathers: the whole model once per batch (``distill.zero3_gather``), or one module at a time."""
+    """Distillation and evaluation on one rank: the weights at ``generation.dtype``, the engine's KV
+    cache for its slots and its first prefill over all of them, the longest prompt taken at its bound
+    (``distill.cutoff_len``; for evaluation ``train.cutoff_len``, as the data is not read). Replica mode
+    holds the whole model on each rank; distillation in ``distill.mode=zero3`` on several ranks holds
+    its share of the weights plus what it gathers: the whole model once per batch
+    (``distill.zero3_gather``), or one module at a time."""
     width = _WEIGHT_BYTES[cfg.generation_dtype]
     d = cfg.distill
     out = []
@@ -196,8 +204,10 @@ def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> 
             weights = shape.total_params * width // world + gathered
             mode = "zero3, whole model gathered" if d.zero3_gather else "zero3, a module at a time"
         kv = kv_cache_bytes(shape, slots, prompt + new, width)
+        prefill = prefill_bytes(shape, slots, prompt, width)
         out.append({"stage": stage, "mode": mode, "slots": slots, "capacity": prompt + new, "weights_gib": weights / GIB,
-                    "kv_cache_gib": kv / GIB, "fits": needed_bytes(weights + kv) <= gpu.memory_gib * GIB})
+                    "kv_cache_gib": kv / GIB, "prefill_gib": prefill / GIB,
+                    "fits": needed_bytes(weights + kv + prefill) <= gpu.memory_gib * GIB})
     return out
 
 
@@ -219,10 +229,11 @@ def render(report: dict) -> str:
     lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head; "
               f"+headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
               "", "generation per rank (the longest prompt at its bound):",
-              f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}  fits  mode"]
+              f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}"
+              f"{'prefill GiB':>13}  fits  mode"]
     for g in report["generation"]:
         lines.append(f"  {g['stage']:<10}{g['slots']:>6}{g['capacity']:>13}{g['weights_gib']:>13.2f}"
-                     f"{g['kv_cache_gib']:>14.2f}  {'yes' if g['fits'] else 'no ':<4} {g['mode']}")
+                     f"{g['kv_cache_gib']:>14.2f}{g['prefill_gib']:>13.2f}  {'yes' if g['fits'] else 'no ':<4} {g['mode']}")
     if t["on_policy"]:
         lines.insert(4, f"  on-policy: {t['samples_per_prompt']} sample(s) a prompt, rows of prompt + answer; teacher "
                         f"weights {t['teacher_gib']:.2f} GiB; sampling between steps: KV cache {t['sampling_gib']:.2f} "

@@ -205,3 +205,27 @@ def test_the_optimizer_steps_temporaries_set_the_peak_when_they_outgrow_the_acti
         assert mem.optimizer_step(ZeroSetting(2, offload_optimizer=True)) == 0
         offloaded = ZeroSetting(3, offload_optimizer=True)
         assert mem.peak(offloaded, False) == mem.states(offloaded).gpu + step
+
+
+def test_generation_counts_the_first_prefill_over_every_slot(tiny_model_dir):
+    """The engine's first prefill runs every slot's prompt at once, after its KV cache is allocated: a
+    card holding the weights and the cache but not the prefill does not fit."""
+    from transformers import AutoConfig
+
+    from sdft.config import load_config
+    from sdft.plan.cards import Card
+    from sdft.plan.memory import prefill_bytes
+    from sdft.plan.plan import GIB, generation, needed_bytes
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    shape = model_shape(config)
+    cfg = load_config(EXAMPLES / "tiny.yaml", [f"model.path={tiny_model_dir}", "distill.batch_size=64",
+                                               "distill.cutoff_len=300"])
+    widest = max(o for n, (_, o) in shape.linear_params.items() if n != "lm_head")
+    assert prefill_bytes(shape, 64, 300, 4) == 64 * 300 * (3 * widest + 2 * shape.hidden_size) * 4
+    row = generation(cfg, shape, Card("big", 80.0))[0]
+    assert row["stage"] == "distill" and row["prefill_gib"] == prefill_bytes(shape, 64, 300, 4) / GIB
+    without = needed_bytes(int((row["weights_gib"] + row["kv_cache_gib"]) * GIB)) / GIB
+    between = Card("tight", without + (needed_bytes(int((row["weights_gib"] + row["kv_cache_gib"] + row["prefill_gib"])
+                                                        * GIB)) / GIB - without) / 2)
+    assert generation(cfg, shape, between)[0]["fits"] is False and row["fits"] is True
