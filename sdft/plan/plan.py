@@ -226,8 +226,8 @@ def render(report: dict) -> str:
     for r in report["zero"]:
         lines.append(f"  {r['setting']:<24}{r['states_gib']:>12.2f}{r['peak_gib']:>10.2f}{r['needed_gib']:>11.2f}"
                      f"{r['cpu_gib']:>14.2f}  {_fits(r)}")
-    lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head; "
-              f"+headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
+    lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head, or the "
+              f"optimizer step's temporaries if larger; +headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
               "", "generation per rank (the longest prompt at its bound):",
               f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}"
               f"{'prefill GiB':>13}  fits  mode"]
