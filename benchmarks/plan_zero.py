@@ -41,13 +41,6 @@ CASES = [dict(name=f"zero{stage}-{world}rank", stage=stage, world=world) for wor
 ROWS, SEQ = 2, 512
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _run_config(model_dir: Path, stage: int):
     from sdft.config import load_config
 
@@ -76,11 +69,13 @@ def worker(model_dir: Path, stage: int) -> None:
     """One rank of a case: a rehearsal on a tiny model (so DeepSpeed's and torch's code paths, thread
     pools and import-time state are resident before the baseline), then the mid model: build, two steps,
     one measured step; rank 0 prints the JSON row."""
+    import gc
+
     import deepspeed
     import torch
     import torch.distributed as dist
-    from plan_accuracy import MID
-    from transformers import LlamaConfig
+    from plan_accuracy import MID, _status_kib
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from sdft.distributed import runtime
     from sdft.distributed.deepspeed import deepspeed_config
@@ -91,7 +86,7 @@ def worker(model_dir: Path, stage: int) -> None:
     device = torch.device("cuda", runtime.local_rank()) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    runtime._skip_deepspeed_shm_build()  # as sdft does: DeepSpeed's 40 s C++ build serves nothing here
+    runtime.skip_deepspeed_shm_build()  # as sdft does
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = _run_config(model_dir, stage)
@@ -104,8 +99,6 @@ def worker(model_dir: Path, stage: int) -> None:
         before = used()
         torch.manual_seed(0)
         config = LlamaConfig(max_position_embeddings=4096, attn_implementation=attention, **dims)
-        from transformers import LlamaForCausalLM
-
         model = LlamaForCausalLM(config).to(device, torch.bfloat16).train()
         ds = deepspeed_config(f"zero{stage}", "train.deepspeed", cfg, world, config.hidden_size)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -130,8 +123,6 @@ def worker(model_dir: Path, stage: int) -> None:
         return states, peak
 
     run(dict(MID, num_hidden_layers=1, hidden_size=64, intermediate_size=128, vocab_size=512))
-    import gc
-
     gc.collect()
     states, peak = run(MID)
     rows = [None] * world

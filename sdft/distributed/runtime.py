@@ -37,9 +37,9 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
-def _skip_deepspeed_shm_build() -> None:
-    # DeepSpeed JIT-compiles a shared-memory all-reduce op (~40 s, C++) on every init_distributed,
-    # even with gloo; it only serves inference all-reduce, which we never use. Patch the builder out.
+def skip_deepspeed_shm_build() -> None:
+    """Keep DeepSpeed's ``init_distributed`` from JIT-compiling its shared-memory all-reduce op (~40 s of
+    C++, even with gloo): it only serves inference all-reduce, which sdft never uses."""
     importlib.import_module("deepspeed.comm.torch")
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
@@ -53,7 +53,7 @@ def init(device: torch.device, timeout_s: int = 3600) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank())
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    _skip_deepspeed_shm_build()
+    skip_deepspeed_shm_build()
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",

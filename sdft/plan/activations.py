@@ -118,12 +118,12 @@ def _as_prepared_4bit(model, dtype: torch.dtype) -> None:
     def back(module, args, output):
         return output.to(module._plan_input_dtype)
 
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            module.requires_grad_(False)
-            module.register_forward_pre_hook(to_compute)
-            module.register_forward_hook(back)
-    quantized = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    four_bit = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    for module in four_bit:
+        module.requires_grad_(False)
+        module.register_forward_pre_hook(to_compute)
+        module.register_forward_hook(back)
+    quantized = {id(m.weight) for m in four_bit}
     for p in model.parameters():
         if id(p) not in quantized:
             p.data = p.data.to(torch.float32)

@@ -81,7 +81,7 @@ def frozen_bytes(shape: ModelShape, method: str, weight_bytes: int, quant_double
         return shape.total_params * weight_bytes
     quantized = sum(i * o for n, (i, o) in shape.linear_params.items() if not n.endswith("lm_head"))
     per_weight = 0.5 + (1 / 64 + 4 / (64 * 256) if quant_double else 4 / 64)
-    rest = max(weight_bytes, 4) if training else weight_bytes
+    rest = 4 if training else weight_bytes
     return int(quantized * per_weight) + (shape.total_params - quantized) * rest
 
 
