@@ -93,15 +93,59 @@ slurm = pytest.mark.skipif(not (SLURM_KIT / "start-local-slurm.sh").exists() or 
                            reason="needs ../shared/slurm, root and apt-get to start a local SLURM cluster")
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    """A real 2-node SLURM cluster on this host, with 4 fake GPUs per node."""
+def _start_cluster() -> None:
+    """Start the 2-node cluster (4 fake GPUs per node) as ../shared/slurm makes it; a cluster running
+    with another slurm.conf is restarted with this one."""
     env = {**os.environ, "LOCAL_SLURM_NODES": "2", "LOCAL_SLURM_GPUS": "4"}
     res = subprocess.run(["bash", str(SLURM_KIT / "start-local-slurm.sh")], capture_output=True, text=True, env=env,
                          timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A real 2-node SLURM cluster on this host, with 4 fake GPUs per node."""
+    _start_cluster()
     yield
     subprocess.run(["bash", str(SLURM_KIT / "stop-local-slurm.sh")], capture_output=True, timeout=120)
+
+
+# SLURM's own preemption, as sites configure it: a job of the higher-tier partition takes the nodes of
+# a running default-partition job, which gets SIGCONT + SIGTERM (its job steps, not the batch script:
+# measured) and GraceTime seconds before SLURM requeues it.
+PREEMPTION = ("PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE",
+              "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=120",
+              "PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF")
+
+
+@pytest.fixture
+def preempting_cluster(slurm_cluster):
+    """The 2-node cluster with PREEMPTION added to its slurm.conf (daemons restarted: the preemption
+    type is read at start); put back as the start script makes it afterwards."""
+    conf = Path("/etc/slurm/slurm.conf")
+    lines = [x for x in conf.read_text().splitlines() if not x.startswith(("PartitionName=", "Preempt"))]
+    conf.write_text("\n".join([*lines, *PREEMPTION]) + "\n")
+    pidfiles = [Path("/run/slurm/slurmctld.pid"), *sorted(Path("/run/slurm").glob("slurmd-node*.pid"))]
+    for pf in pidfiles:
+        pid = int(pf.read_text())
+        os.kill(pid, 15)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+    try:
+        for cmd in (["/usr/sbin/slurmctld"], ["/usr/sbin/slurmd", "-N", "node1"], ["/usr/sbin/slurmd", "-N", "node2"]):
+            assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0, cmd
+        for _ in range(120):
+            idle = _sh("sinfo", "-h", "-N", "-t", "idle", "-o", "%N").stdout.split()
+            if len(set(idle)) == 2 and "urgent" in _sh("sinfo", "-h", "-o", "%P").stdout:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(_sh("sinfo").stdout)
+        yield
+    finally:
+        _start_cluster()
 
 
 def _sbatch(workdir: Path, *args, **env) -> str:
@@ -192,12 +236,13 @@ def test_sbatch_two_node_training_completes_with_a_checkpoint(slurm_cluster, dis
 @slurm
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_a_preempted_two_node_sft_job_checkpoints_requeues_itself_and_resumes_to_the_unbroken_weights(
-        slurm_cluster, distilled, tmp_path):
-    """``scancel --signal=TERM <job>`` (the job step's processes) mid-SFT: the ranks stop at one
-    checkpoint, the script learns it from them and requeues the job, whose second start resumes and
-    finishes with the weights of an unbroken two-rank run. (The time-limit test covers SIGUSR1 to the
-    script; distillation and on-policy training are preempted in the test below.)"""
+def test_a_two_node_sft_job_preempted_by_slurm_checkpoints_requeues_itself_and_resumes_to_the_unbroken_weights(
+        preempting_cluster, distilled, tmp_path):
+    """Real preemption mid-SFT: a job of a higher-tier partition needs both nodes, SLURM signals the
+    job's steps, the ranks stop at one checkpoint, the script learns it from them and requeues the job;
+    the urgent job runs, then the second start resumes and finishes with the weights of an unbroken
+    two-rank run. (The time-limit test covers SIGUSR1 to the script; distillation and on-policy training
+    are stopped by ``scancel --signal=TERM``, the same signal to the same processes, in the test below.)"""
     import json
 
     from tests.conftest import REPRODUCIBLE_ENV
@@ -214,17 +259,19 @@ def test_a_preempted_two_node_sft_job_checkpoints_requeues_itself_and_resumes_to
     while not log.exists() or len(log.read_text().splitlines()) < 3:
         assert time.time() < deadline, _sh("scontrol", "show", "job", job).stdout
         time.sleep(0.05)
-    assert _sh("scancel", "--signal=TERM", job).returncode == 0
-    deadline = time.time() + 120
-    while "JobState=PENDING" not in (info := _sh("scontrol", "show", "job", job).stdout):
-        assert time.time() < deadline and "JobState=COMPLETED" not in info, info
-        time.sleep(0.2)
+    urgent = _sbatch(tmp_path, "--partition=urgent", "--nodes=2", "--exclusive", "--wrap", "date +%s.%N; sleep 2")
+    assert _wait(tmp_path, urgent)[0] == "COMPLETED"
     state, text = _wait(tmp_path, job, release=True)
     assert state == "COMPLETED", text[-3000:]
+    # SLURM signalled the job step only (the batch script's own trap would say "got SIGTERM").
     assert "the ranks got SIGTERM (not this script)" in text and f"requeueing job {job} (1 of 3)" in text
+    assert "got SIGTERM:" not in text
     assert "start 2 (requeued 1" in text
     assert "stopped by SIGTERM after step" in text and "resuming from step-" in text
-    assert "Restarts=1" in _sh("scontrol", "show", "job", job).stdout
+    info = _sh("scontrol", "show", "job", job).stdout
+    assert "Restarts=1" in info
+    # The urgent job ran on the nodes between the two starts (ISO times compare as strings).
+    assert _sh("scontrol", "show", "job", urgent).stdout.split("EndTime=")[1][:19] <= info.split("StartTime=")[1][:19]
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
     assert steps == list(range(1, 41))
     ref = _sh("bash", LAUNCH / "torchrun.sh", "--nproc", "2", "train", path, f"output_dir={unbroken}", *over,
