@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, by section. From the repository root:
-#   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation plan; default all)
+#   bash benchmarks/run_gpu.sh [OUT_DIR] [SECTION ...]      (sections: kernels generation plan pipeline;
+#                                                            default all)
 # kernels (about 6 minutes on one H100): the GPU tests of the kernels, then the loss-head, train-step and
 # packing benchmarks at their issue's shapes. generation (about 5 minutes): the engine's CUDA tests
 # (eager and CUDA graphs), then the engine, eager and with CUDA graphs, against `generate` (dynamic and
@@ -8,19 +9,26 @@
 # (the quickstart's rewrites, a lognormal) at batch 128. plan (about 3 minutes): sdft plan's training-step
 # memory against the CUDA allocator's peak of real steps (benchmarks/plan_accuracy.py, with the
 # Llama-3.2-1B shape on the GPU; the LoRA cases need peft's wheel in .whl/, a case that cannot run prints
-# its error in its row).
-# Installs this repository (no dependencies) and any wheels in .whl/ (liger-kernel, for the Liger
-# baseline) into /tmp/site first: the GPU image has torch, triton and transformers, and no network.
+# its error in its row). pipeline (about 3 minutes): `sdft run examples/tiny.yaml` on the GPU, as it is,
+# with ZeRO-3 (training and distillation) on one GPU under torchrun, with QLoRA (bitsandbytes 4-bit,
+# 8-bit AdamW) and with the on-policy objective; then one row per run (benchmarks/pipeline_summary.py:
+# the card, each stage finished, losses finite). The quickstart's SmolLM2 (a 94 MB file) does not fit
+# the 64 MiB the device tool carries, so it is not among them.
+# Installs this repository (no dependencies) and the wheels in .whl/ (benchmarks/gpu_wheels.sh: DeepSpeed,
+# datasets, bitsandbytes, ... and liger-kernel for the Liger baseline) into /tmp/site first: the GPU image
+# has torch, triton and transformers, and no network. SDFT_WHEELS names another wheel folder and
+# SDFT_PIPELINE_DEVICE=cpu runs the pipeline section on a machine without a GPU (how it is checked here).
 # Each step has its own time limit and a failing step does not stop the next. Log: OUT_DIR/log.txt.
 set -u
 out=${1:-${OUT:-/tmp/sdft-gpu}}
 sections=${*:2}
-sections=${sections:-kernels generation plan}
+sections=${sections:-kernels generation plan pipeline}
+wheels=${SDFT_WHEELS:-.whl}
 mkdir -p "$out"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 step() { local limit=$1; shift; echo "== [$(date +%T)] $*" | tee -a "$out/log.txt"
          timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -e "Warning" -e "warnings.warn" | tee -a "$out/log.txt"; }
-step 120 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . $(ls .whl/*.whl 2>/dev/null)
+step 120 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . $(ls "$wheels"/*.whl 2>/dev/null)
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 step 60 python3 -c "import importlib.util, importlib.metadata as m, torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'liger', m.version('liger-kernel') if importlib.util.find_spec('liger_kernel') else None)"
 if [[ " $sections " == *" kernels "* ]]; then
@@ -39,5 +47,18 @@ step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prom
 fi
 if [[ " $sections " == *" plan "* ]]; then
 step 300 python3 benchmarks/plan_accuracy.py
+fi
+if [[ " $sections " == *" pipeline "* ]]; then
+# From /tmp, so that the installed sdft runs (at the repository root the source tree would shadow it).
+dev=${SDFT_PIPELINE_DEVICE:-cuda}
+runs=/tmp/sdft-pipeline; rm -rf "$runs"
+tiny=$PWD/examples/tiny.yaml
+sdft=(env -C /tmp python3 -m sdft run "$tiny" device="$dev")
+step 300 "${sdft[@]}" output_dir=$runs/tiny
+step 300 env -C /tmp python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m sdft run "$tiny" \
+  device="$dev" output_dir=$runs/zero3 train.deepspeed=zero3 distill.mode=zero3
+step 300 "${sdft[@]}" output_dir=$runs/qlora train.method=qlora train.optimizer=adamw_8bit
+step 300 "${sdft[@]}" output_dir=$runs/on-policy train.objective=on_policy
+step 30 python3 benchmarks/pipeline_summary.py --device "$dev" "$runs"/tiny "$runs"/zero3 "$runs"/qlora "$runs"/on-policy
 fi
 echo "== [$(date +%T)] done" | tee -a "$out/log.txt"

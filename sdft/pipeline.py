@@ -35,6 +35,7 @@ from sdft.config.validate import require_files
 from sdft.context import RunContext
 from sdft.distill.distill import run_distill
 from sdft.distributed import runtime
+from sdft.distributed.deepspeed import end_zero3_loading
 from sdft.errors import ConfigError, StageError
 from sdft.eval.evaluate import eval_preflight, run_eval
 from sdft.export.export import run_export
@@ -217,6 +218,8 @@ class Pipeline:
                              f"collective_timeout_s={self.ctx.cfg.collective_timeout_s} s in a collective that "
                              "another rank did not join (stuck or dead): the run stops here; its checkpoints "
                              "and finished examples are kept, rerun to resume") from e
+        finally:
+            end_zero3_loading()
         seconds = round(time.time() - started, 1)
         if runtime.is_main():
             atomic_write_json(self.layout.record(name), {"inputs": self._expected(name), "summary": summary,

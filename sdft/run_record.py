@@ -44,6 +44,9 @@ def package_versions() -> dict[str, str]:
         import torch
 
         out["cuda"] = torch.version.cuda or "none"
+        # The cards the run saw (a figure read off a record means little without them).
+        if torch.cuda.is_available():
+            out["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     return out

@@ -160,3 +160,26 @@ def test_a_conversation_through_a_real_chat_template_trains_on_each_answer():
     # The answers as written (a leading space, a trailing newline: BPE merges across them must not shift a
     # boundary), each with the template's end of turn.
     assert spans == [" Hello! How can I help?<|im_end|>\n", "Blue.\n<|im_end|>\n", "An apple.<|im_end|>\n"]
+
+
+def test_a_stage_that_loaded_into_zero3_partitions_leaves_the_next_stage_loading_whole_weights(tiny_config):
+    """``sdft run`` under ZeRO-3 evaluates in the process that trained: the trained model still holds
+    transformers' ZeRO-3 object, yet the seed model eval loads next must come whole (it came as empty
+    partitions: "'weight' must be 2-D" in eval's first forward, found on the GPU pipeline's dry run)."""
+    from dataclasses import replace
+
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from sdft.distributed.deepspeed import zero3_loading
+
+    path, _ = tiny_config(n_train=2)
+    held = []
+
+    def loads_into_partitions(ctx):
+        held.append(zero3_loading({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}))
+        assert is_deepspeed_zero3_enabled()
+        return {}
+
+    stages = (replace(SDFT_STAGES[0], run=loads_into_partitions), *SDFT_STAGES[1:])
+    Pipeline(RunContext(load_config(path)), stages).run_stage(stages[0].name)
+    assert held and not is_deepspeed_zero3_enabled()

@@ -109,6 +109,15 @@ def _find_auto(node, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if node == "auto" else []
 
 
+def end_zero3_loading() -> None:
+    """Forget ``zero3_loading``'s object in transformers, even while a model still holds it: the stage
+    that loaded into partitions is over, and a later stage of the same process (eval's seed model after
+    ZeRO-3 training) must load whole weights, not empty partitions."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
 def zero3_loading(ds: dict):
     """While the returned object lives, transformers' ``from_pretrained`` loads straight into ZeRO-3
     partitions (``zero.Init``), so no rank ever holds the whole model. transformers keeps only a weak

@@ -23,6 +23,7 @@ models allow. ``engine_blocker`` names what would make the result differ from ``
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 
@@ -32,13 +33,20 @@ from tqdm.auto import tqdm
 from sdft.config.schema import SamplingConfig
 from sdft.distributed import runtime
 from sdft.models.decode_graphs import StaticDecode
-from sdft.models.loading import attention_mask_for, mask_blocker
+from sdft.models.loading import attention_mask_for, causal_lm, mask_blocker
 from sdft.models.sampler import example_key, next_tokens
 
 log = logging.getLogger(__name__)
 
 # Decoder families whose forward takes a 4D mask and a cache object as given (tests/models/test_engine.py).
 ENGINE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+
+
+def cache_argument(model) -> str:
+    """The name ``model``'s forward takes its cache by: transformers renamed ``past_key_values`` to
+    ``cache`` (5.24 takes both, the old name until 5.40; 5.17 knows only the old one and would ignore
+    ``cache=``, building a cache of its own that the engine's mask does not match)."""
+    return "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
 
 
 def engine_blocker(model, capacity: int) -> str | None:
@@ -118,6 +126,7 @@ class ContinuousEngine:
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos))
         self.device = next(model.parameters()).device
+        self.cache_arg = cache_argument(model)
         self.new_tokens = 0  # tokens generated so far, for the log and the benchmarks
 
     def run(self, prompts: dict[str, list[int]], desc: str = "generate", strip: bool = True) -> Iterator[dict[str, str]]:
@@ -167,7 +176,8 @@ class ContinuousEngine:
         mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril()[None, None]
         cache.rows, cache.offset = torch.zeros(1, dtype=torch.long, device=dev), 0
         self.model(input_ids=torch.tensor([tokens], device=dev), attention_mask=attention_mask_for(self.model, mask),
-                   position_ids=torch.arange(n, device=dev)[None], cache=cache, use_cache=True, logits_to_keep=1)
+                   position_ids=torch.arange(n, device=dev)[None], use_cache=True, logits_to_keep=1,
+                   **{self.cache_arg: cache})
         cache.rows = None
         cache.share_prefix(n)
 
@@ -190,7 +200,7 @@ class ContinuousEngine:
         slots = torch.arange(rows.n, rows.n + n, device=dev)
         cache.rows, cache.offset = slots, prefix
         out = self.model(input_ids=ids.to(dev), attention_mask=attention_mask_for(self.model, mask[:, None].to(dev)),
-                         position_ids=pos.to(dev), cache=cache, use_cache=True, logits_to_keep=1)
+                         position_ids=pos.to(dev), use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
         cache.rows, cache.offset = None, 0
         rows.valid[slots] = False
         rows.valid[slots, :prefix] = True
@@ -217,7 +227,7 @@ class ContinuousEngine:
         cache.pos, cache.width = rows.length[:b], width
         mask = attention_mask_for(self.model, rows.valid[:b, None, None, :width])
         out = self.model(input_ids=rows.last[:b, None], attention_mask=mask, position_ids=rows.next_pos[:b, None],
-                         cache=cache, use_cache=True)
+                         use_cache=True, **{self.cache_arg: cache})
         return out.logits[:, -1]
 
     def _advance(self, logits: torch.Tensor, rows: _Rows, slots: range) -> dict[str, list[int]]:

@@ -119,3 +119,21 @@ def test_plan_table_plans_every_model_method_and_cluster():
     _, out = _run("plan_table.py")
     rows = [line for line in out.splitlines() if line.startswith("| Llama")]
     assert len(rows) == 3 * 2 * 3 and all(" h |" in r for r in rows)
+
+
+def test_pipeline_summary_passes_a_finished_run_and_names_what_a_broken_one_lacks(tiny_config):
+    """run_gpu.sh's pipeline section ends with this verdict: it must fail a run that did not finish a
+    stage of its own table, or that was meant for the GPU and ran without one."""
+    from sdft.cli import main
+
+    path, out = tiny_config(n_train=4, n_test=2, train={"max_steps": 1, "save_every": 0})
+    assert main(["run", str(path)]) == 0
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pipeline_summary.py"), str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert f"run {out.name} | gpus none" in res.stdout and "objective sft" in res.stdout and "steps 1" in res.stdout
+    (out / "eval" / "COMPLETE.json").unlink()
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pipeline_summary.py"), "--device", "cuda",
+                          str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "FAILED: eval did not finish" in res.stdout and "FAILED: ran without a GPU" in res.stdout

@@ -8,7 +8,7 @@ import transformers
 
 from sdft.config.schema import SamplingConfig
 from sdft.errors import ConfigError
-from sdft.models.engine import ContinuousEngine, engine_blocker
+from sdft.models.engine import ContinuousEngine, cache_argument, engine_blocker
 from sdft.models.generation import choose_engine, generate_all, generate_texts
 
 # model_type -> (config class, model class)
@@ -269,3 +269,18 @@ def test_smollm2_answers_real_prompts_as_generate_does():
     got = generate_all(model, tok, prompts, s, batch_size=3, seed=0, engine="continuous")
     assert got == {k: generate_texts(model, tok, [p], s)[0] for k, p in prompts.items()}
     assert "Paris" in got["q0"]
+
+
+def test_the_cache_goes_by_the_name_the_models_forward_takes():
+    """transformers renamed the forward's ``past_key_values`` to ``cache``; a version that knows only the
+    old name ignores ``cache=`` (the GPU image's 5.17 did: the engine's mask then missed the model's
+    own cache, "The size of tensor a (242) must match the size of tensor b (438)")."""
+    import inspect
+
+    class OldForward(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_argument(OldForward()) == "past_key_values"
+    model = tiny("llama", 64)
+    assert cache_argument(model) in inspect.signature(model.forward).parameters
