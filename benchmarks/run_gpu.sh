@@ -8,12 +8,13 @@
 # static cache) on the 1.24B Llama shape at batch 64, 128 and 256, and on long-tailed answer lengths
 # (the quickstart's rewrites, a lognormal) at batch 128. plan (about 3 minutes): sdft plan's training-step
 # memory against the CUDA allocator's peak of real steps (benchmarks/plan_accuracy.py, with the
-# Llama-3.2-1B shape on the GPU; the LoRA cases need peft's wheel in .whl/, a case that cannot run prints
-# its error in its row). pipeline (about 3 minutes): `sdft run examples/tiny.yaml` on the GPU, as it is,
-# with ZeRO-3 (training and distillation) on one GPU under torchrun, with QLoRA (bitsandbytes 4-bit,
-# 8-bit AdamW) and with the on-policy objective; then one row per run (benchmarks/pipeline_summary.py:
-# the card, each stage finished, losses finite). The quickstart's SmolLM2 (a 94 MB file) does not fit
-# the 64 MiB the device tool carries, so it is not among them.
+# Llama-3.2-1B shape on the GPU; a case that cannot run prints its error in its row). pipeline (about 3
+# minutes, 71 s on 2 CPU cores): `sdft run examples/tiny.yaml` on the GPU as it is, with ZeRO-3 (training
+# and distillation) on one GPU under torchrun, with QLoRA (bitsandbytes 4-bit, 8-bit AdamW) and with the
+# on-policy objective; then one row per run (benchmarks/pipeline_summary.py: the card, each stage
+# finished, losses finite). The quickstart's SmolLM2 (a 94 MB file) does not fit the 64 MiB the device
+# tool carries, so it is not among them. All four sections take longer than a 15-minute lease: name the
+# ones to run.
 # Installs this repository (no dependencies) and the wheels in .whl/ (benchmarks/gpu_wheels.sh: DeepSpeed,
 # datasets, bitsandbytes, ... and liger-kernel for the Liger baseline) into /tmp/site first: the GPU image
 # has torch, triton and transformers, and no network. SDFT_WHEELS names another wheel folder and
