@@ -35,6 +35,6 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version "$py" -
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$dir" "${binary[@]}"
 DS_BUILD_OPS=0 python -m pip wheel -q --no-deps --no-build-isolation -w "$dir" "${pins[0]}"
 ls -1 "$dir"
-tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n1 | cut -f1)
+tree=$(git ls-files -z | du -cb --files0-from=- | tail -n1 | cut -f1)
 wheels=$(du -cb "$dir"/*.whl | tail -n1 | cut -f1)
 echo "gpu_wheels: ${#pins[@]} wheels, $((wheels / 1048576)) MiB; with the tracked files $(((wheels + tree) / 1048576)) MiB (the device tool carries 64 MiB)"
