@@ -74,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     from sdft.run_record import setup_logging
 
     setup_logging()
+    from sdft.utils import stop
+
     try:
-        return run_command(args)
+        with stop.for_command():
+            return run_command(args)
     except SdftError as e:
         if os.environ.get("SDFT_DEBUG"):
             traceback.print_exc()
         if e.kind == "stopped":
-            from sdft.utils import stop
-
             stop.leave_marker()
             print(f"sdft: stopped: {e}", file=sys.stderr)
         else:

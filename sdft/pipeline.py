@@ -42,6 +42,8 @@ from sdft.export.export import run_export
 from sdft.filter.filter import keep_originals, run_filter
 from sdft.templates.prompts import DISTILL_TEMPLATE_NAMES
 from sdft.train.recipe import run_train, run_train_on_policy
+from sdft.utils import stop
+from sdft.utils.faults import maybe_kill
 from sdft.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ class Stage:
     preflight: Callable[[RunContext], None]
     """Checks what it needs (input files and data, tools) before the first stage of a command starts;
     raises ``ConfigError`` naming the option, or ``DataError`` naming the record."""
+    stops_on_signals: bool = False
+    """SIGTERM / SIGUSR1 stop it at its own boundaries (a training step, a distilled batch) and, when
+    they come after its last one, once its record is written, before the next stage (``sdft.utils.stop``);
+    other stages end at once on them and redo or resume what they had not written."""
 
 
 def _task_data(cfg: RunConfig) -> dict:
@@ -97,7 +103,8 @@ def _eval_preflight(ctx: RunContext) -> None:
     eval_preflight(ctx)
 
 
-_TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"))
+_TRAIN = Stage("train", run_train, "filter", True, lambda cfg: cfg.training_recipe(), _reads("train"),
+               stops_on_signals=True)
 _EVAL = Stage("eval", run_eval, "train", False,
               lambda cfg: {"eval": asdict(cfg.eval), "generation": asdict(cfg.generation), "test": cfg.data.test,
                            "general_prompts": cfg.data.general_prompts,
@@ -106,7 +113,8 @@ _EVAL = Stage("eval", run_eval, "train", False,
 _EXPORT = Stage("export", run_export, "train", False, lambda cfg: {"export": asdict(cfg.export)}, _reads("export"))
 
 SDFT_STAGES = (
-    Stage("distill", run_distill, None, True, _distill_inputs, _reads("distill", train_data=True)),
+    Stage("distill", run_distill, None, True, _distill_inputs, _reads("distill", train_data=True),
+          stops_on_signals=True),
     Stage("filter", run_filter, "distill", False, lambda cfg: {"filter": asdict(cfg.filter)},
           _reads("filter", model=False, train_data=True)),
     _TRAIN, _EVAL, _EXPORT,
@@ -121,7 +129,7 @@ VANILLA_STAGES = (
 
 ON_POLICY_STAGES = (
     Stage("train", run_train_on_policy, None, True, lambda cfg: {**cfg.training_recipe(), "data": _task_data(cfg)},
-          _reads("train", train_data=True)),
+          _reads("train", train_data=True), stops_on_signals=True),
     _EVAL, _EXPORT,
 )
 
@@ -180,7 +188,15 @@ class Pipeline:
         input file of the stages that will run is checked."""
         self.check_inputs(names, force)
         for i, name in enumerate(names):
-            self.run_stage(name, force=force and i == 0)
+            if not self.stages[name].stops_on_signals:
+                self.run_stage(name, force=force and i == 0)
+                continue
+            with stop.on_signals():  # from the stage's start until its record is written and checked
+                self.run_stage(name, force=force and i == 0)
+                later = names[i + 1:]
+                if later and runtime.any_rank(stop.requested() is not None, self.ctx.device):
+                    raise stop.Stopped(f"{name}: complete; stopped by {stop.requested() or 'a signal to another rank'}"
+                                       f" before {later[0]}; rerun the same command to go on")
 
     def check_inputs(self, names: list[str] | tuple[str, ...], force: bool = False) -> None:
         """Refuse a missing input of any stage in ``names`` that is not complete yet (all of them with
@@ -207,6 +223,7 @@ class Pipeline:
                 record = self.record(name)
                 self.ctx.trackers.log_summary(name, {**record["summary"], "seconds": record["seconds"]})
             return None
+        maybe_kill(f"stage:{name}")
         started = time.time()
         self.layout.stage_dir(name).mkdir(parents=True, exist_ok=True)
         try:

@@ -155,8 +155,9 @@ class TrainRecipe:
                 maybe_hang("train_step")
                 if done < self.steps and runtime.any_rank(stop.requested() is not None, self.device):
                     self.stop(done, saved)
-        bar.close()
-        return self.save_final()
+            bar.close()
+            maybe_kill("train_end")
+            return self.save_final()  # a signal now waits for it (the pipeline stops after the record)
 
     def stop(self, done: int, saved: bool) -> None:
         """A signal asked a rank to stop: checkpoint after step ``done`` (all ranks), then end the command."""

@@ -7,6 +7,10 @@ node failure or an OOM killer does.
   the named places of the stages (``distill_batch``, ``train_step``) and the write boundaries of
   ``sdft.utils.io`` and the checkpoints (``boundary``): ``write`` counts every boundary, a boundary's
   own kind (``renamed``, ``appended``, ...) counts only those.
+- ``SDFT_SIGNAL_AT=<point>:<n>:<SIGNAL>`` sends this process ``SIGNAL`` (``SIGTERM``, ``SIGUSR1``) the
+  n-th time it reaches ``<point>``: a preemption that lands exactly there. Besides the points above,
+  ``train_end`` (the last step done, ``train/final`` not yet written) and ``stage:<name>`` (a stage
+  about to run).
 - ``SDFT_HANG_AT=<point>:<n>:<rank>`` makes the process of ``<rank>`` stop responding (sleep for
   good) the n-th time it reaches ``<point>``: a rank stuck before a collective.
 - ``SDFT_TRACE_WRITES=<file>`` appends the kind of every write boundary reached to ``<file>``, so a
@@ -24,7 +28,9 @@ _hits: Counter[str] = Counter()
 
 
 def maybe_kill(point: str) -> None:
-    """Kill this process when ``SDFT_KILL_AT`` names ``point`` and this is its n-th time."""
+    """Kill this process when ``SDFT_KILL_AT`` names ``point`` and this is its n-th time (or send it the
+    signal ``SDFT_SIGNAL_AT`` names there)."""
+    maybe_signal(point)
     spec = os.environ.get("SDFT_KILL_AT")
     if not spec:
         return
@@ -42,6 +48,19 @@ def maybe_kill(point: str) -> None:
                 return
             open(once, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_signal(point: str) -> None:
+    """Send this process the signal of ``SDFT_SIGNAL_AT`` when it names ``point`` and this is its n-th time."""
+    spec = os.environ.get("SDFT_SIGNAL_AT")
+    if not spec:
+        return
+    name, n, signame = spec.rsplit(":", 2)
+    if name != point:
+        return
+    _hits["signal:" + point] += 1
+    if _hits["signal:" + point] == int(n):
+        os.kill(os.getpid(), signal.Signals[signame])
 
 
 def maybe_hang(point: str) -> None:

@@ -2,14 +2,17 @@
 torchrun passing on its own SIGTERM, the sbatch script before the time limit) and SIGUSR1
 (``sbatch --signal=B:USR1@<seconds>`` before the time limit).
 
-Inside ``on_signals()`` (the training loop) either signal only records itself: the loop finishes the
+Inside ``on_signals()`` (the training loop, distillation's batches, and the pipeline around those stages
+until their completion record is written) either signal only records itself: the loop finishes the
 optimizer step it is in, every rank learns at the step's end whether any rank was signalled (one small
 collective a step, so all stop at the same step), a checkpoint is written and ``Stopped`` ends the
-command with ``STOPPED_EXIT``: rerunning the command resumes from that step. More signals while
-stopping change nothing: on preemption SLURM signals every process of the job while the launcher
-passes its own signal on, so a rank gets two at once (the cluster's SIGKILL after its grace time is
-what ends a rank that takes too long). Outside ``on_signals()`` the signals keep their default action
-(the stages that write example by example resume exactly).
+command with ``STOPPED_EXIT``: rerunning the command resumes from that step. A signal after the last
+step stops the command once the stage is recorded, before the next stage. More signals while stopping
+change nothing: on preemption SLURM signals every process of the job while the launcher passes its own
+signal on, so a rank gets two at once (the cluster's SIGKILL after its grace time is what ends a rank
+that takes too long). Elsewhere in a command (``for_command()``) the signals end the process at once, as
+by default (the stages that write example by example resume exactly). Either way the first signal
+leaves ``$SDFT_STOP_MARKER``, so a launcher requeues the job.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 from sdft.errors import SdftError
@@ -25,9 +29,10 @@ STOPPED_EXIT = 75
 """The exit code of a command stopped by a signal with its progress saved (sysexits' EX_TEMPFAIL)."""
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 MARKER_ENV = "SDFT_STOP_MARKER"
-"""Names a file a stopped command creates (``leave_marker``): a launcher whose ranks got the signal
-without it (``scancel --signal=TERM <job>`` reaches the job step, not the batch script) learns from it
-that the command stopped resumably; torchrun's own exit code (1) does not tell."""
+"""Names a file a command creates on its first SIGTERM or SIGUSR1 (``leave_marker``): a launcher whose
+ranks got the signal without it (``scancel --signal=TERM <job>`` and preemption reach the job step, not
+the batch script) learns from it that the cluster stopped the job, which a rerun resumes; torchrun's own
+exit code (1) does not tell a stop from a crash."""
 
 _received: list[int] = []
 
@@ -40,7 +45,16 @@ class Stopped(SdftError):
 
 
 def _record(signum: int, frame) -> None:
+    if not _received:
+        leave_marker()
     _received.append(signum)
+
+
+def _end(signum: int, frame) -> None:
+    """The default action (the process ends by the signal), after leaving the marker."""
+    leave_marker()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def requested() -> str | None:
@@ -52,6 +66,23 @@ def requested() -> str | None:
 def on_signals() -> Iterator[None]:
     """Within this block SIGTERM and SIGUSR1 are recorded for ``requested()`` instead of acted on."""
     previous = {s: signal.signal(s, _record) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def for_command() -> Iterator[None]:
+    """Around a whole command: SIGTERM and SIGUSR1 end the process at once, as by default, but leave
+    the marker first (a launcher then requeues: a signal between two stages is a preemption too, not a
+    crash). ``on_signals()`` blocks inside it record them instead. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()  # a signal to an earlier command of this process is not this one's
+    previous = {s: signal.signal(s, _end) for s in SIGNALS}
     try:
         yield
     finally:

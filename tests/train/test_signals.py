@@ -167,3 +167,33 @@ def test_on_policy_training_stops_on_the_signal_and_resumes_to_the_unbroken_run(
     assert ref.returncode == 0, ref.stderr[-3000:]
     _same(_adapter(out), _adapter(tmp_path / "unbroken"))
     assert _logged_steps(out) == list(range(1, 13))
+
+
+def test_a_signal_after_the_last_step_stops_before_the_next_stage_and_one_between_stages_still_requeues(tiny_config):
+    """Preemption need not land in a step (a CI run's did not): after the last step the final weights are
+    written, the stage recorded, and the command stops before eval with the stopped exit code; a signal
+    to a stage that does not stop on signals (eval) ends the process at once, as by default; both leave
+    the launcher's marker, and the reruns finish without training again."""
+    path, out = tiny_config(n_train=6, train={"max_steps": 4, "logging_steps": 1, "save_every": 0})
+    marker = out.parent / "stopped"
+    over: list[str] = []
+    env = {"SDFT_STOP_MARKER": str(marker)}
+
+    ended = run_cli("run", str(path), *over, env={**env, "SDFT_SIGNAL_AT": "train_end:1:SIGTERM"})
+    assert ended.returncode == STOPPED_EXIT, ended.stderr[-3000:]
+    assert "sdft: stopped: train: complete; stopped by SIGTERM before eval" in ended.stderr
+    assert (out / "train" / "COMPLETE.json").exists() and not (out / "eval").exists()
+    assert not (out / "train" / "checkpoints").exists() or not any((out / "train" / "checkpoints").iterdir())
+    assert marker.exists()
+    marker.unlink()
+
+    killed = run_cli("run", str(path), *over, env={**env, "SDFT_SIGNAL_AT": "stage:eval:1:SIGTERM"})
+    assert killed.returncode == -signal.SIGTERM, killed.stderr[-3000:]
+    assert "train: already complete" in killed.stderr and not (out / "eval" / "COMPLETE.json").exists()
+    assert marker.exists()
+    marker.unlink()
+
+    done = run_cli("run", str(path), *over, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "export" / "COMPLETE.json").exists() and not marker.exists()
+    assert _logged_steps(out) == [1, 2, 3, 4]
