@@ -358,7 +358,7 @@ def test_a_preempted_two_node_job_requeues_itself_and_ends_as_an_unbroken_run(sl
     assert _sh("scancel", "--signal=TERM", job).returncode == 0
     state, text = _wait(tmp_path, job, release=True)
     assert state == "COMPLETED", text[-3000:]
-    assert "the ranks got SIGTERM (not this script): they checkpointed and stopped" in text, text[-3000:]
+    assert "the ranks got SIGTERM (not this script): they stopped; the requeued job resumes" in text, text[-3000:]
     assert f"requeueing job {job} (1 of 3)" in text and "start 2 (requeued 1" in text
     assert "sdft: stopped: " in text and ("resuming" in text.split("start 2 (requeued 1")[1])
     unbroken = tmp_path / "unbroken"
