@@ -91,7 +91,8 @@ def for_command() -> Iterator[None]:
 
 
 def leave_marker() -> None:
-    """Create the file named by ``$SDFT_STOP_MARKER`` (if set): this command stopped resumably."""
+    """Create the file named by ``$SDFT_STOP_MARKER`` (if set): the cluster asked this command to stop
+    (it stops at a boundary, or ends at once where it has none); a rerun resumes."""
     path = os.environ.get(MARKER_ENV)
     if path:
         with contextlib.suppress(OSError):  # the exit code and message still say it; the marker is a hint
