@@ -267,3 +267,14 @@ def test_two_rank_on_policy_training_follows_one_rank(tiny_config, tmp_path, ds,
     assert l2 == pytest.approx(l1, rel=1e-3, abs=3e-7)
     summary = json.loads((two_dir / "train" / "final" / "training_summary.json").read_text())
     assert summary["objective"] == "on_policy" and summary["zero_stage"] == int(ds[-1]) and summary["world_size"] == 2
+
+
+def test_sdft_run_under_zero3_evaluates_in_the_process_that_trained(tiny_config):
+    """The whole `sdft run` on two ranks with ZeRO-3 distillation and training: eval, in the processes
+    that trained, loads its seed model whole (it loaded into ZeRO-3 partitions on rank 0 alone, whose
+    gathers rank 1 never joined: the run hung until the collective timeout)."""
+    path, out = tiny_config(n_train=8, n_test=2, train={"max_steps": 2, "save_every": 0, "grad_accum": 1})
+    res = run_torchrun(2, "run", str(path), "train.deepspeed=zero3", "distill.mode=zero3", "collective_timeout_s=60")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all((out / stage / "COMPLETE.json").exists() for stage in ("distill", "filter", "train", "eval", "export"))
+    assert json.loads((out / "train" / "COMPLETE.json").read_text())["summary"]["zero_stage"] == 3
