@@ -22,6 +22,7 @@ picks the table a config runs, ``sdft compare`` its arms.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -188,13 +189,12 @@ class Pipeline:
         input file of the stages that will run is checked."""
         self.check_inputs(names, force)
         for i, name in enumerate(names):
-            if not self.stages[name].stops_on_signals:
-                self.run_stage(name, force=force and i == 0)
-                continue
-            with stop.on_signals():  # from the stage's start until its record is written and checked
+            deferred = self.stages[name].stops_on_signals
+            # A stage that stops on signals holds them from its start until its record is written and checked.
+            with stop.on_signals() if deferred else contextlib.nullcontext():
                 self.run_stage(name, force=force and i == 0)
                 later = names[i + 1:]
-                if later and runtime.any_rank(stop.requested() is not None, self.ctx.device):
+                if deferred and later and runtime.any_rank(stop.requested() is not None, self.ctx.device):
                     raise stop.Stopped(f"{name}: complete; stopped by {stop.requested() or 'a signal to another rank'}"
                                        f" before {later[0]}; rerun the same command to go on")
 

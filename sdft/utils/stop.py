@@ -63,14 +63,19 @@ def requested() -> str | None:
 
 
 @contextlib.contextmanager
-def on_signals() -> Iterator[None]:
-    """Within this block SIGTERM and SIGUSR1 are recorded for ``requested()`` instead of acted on."""
-    previous = {s: signal.signal(s, _record) for s in SIGNALS}
+def _handled_by(handler) -> Iterator[None]:
+    """Within this block ``handler`` takes SIGTERM and SIGUSR1; the previous handlers come back after."""
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def on_signals() -> contextlib.AbstractContextManager[None]:
+    """Within this block SIGTERM and SIGUSR1 are recorded for ``requested()`` instead of acted on."""
+    return _handled_by(_record)
 
 
 @contextlib.contextmanager
@@ -82,12 +87,8 @@ def for_command() -> Iterator[None]:
         yield
         return
     _received.clear()  # a signal to an earlier command of this process is not this one's
-    previous = {s: signal.signal(s, _end) for s in SIGNALS}
-    try:
+    with _handled_by(_end):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def leave_marker() -> None:
