@@ -15,10 +15,10 @@ Measured: on CUDA, the allocator's peak minus what was allocated before the step
 process's peak resident memory during the step (``VmHWM`` reset through ``/proc/self/clear_refs``)
 minus its resident memory before, with glibc returning every block over 64 KiB to the system
 (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the count.
-Predicted (``sdft.plan.activations``): the activations autograd saves + the loss head, or with gradient
-checkpointing, if larger, every gradient + one layer's activations (the end of backward). In a
-DeepSpeed run the gradients are model states, which ``sdft plan`` counts apart. Printed: both and their
-ratio.
+Predicted: ``sdft plan``'s own figure for the step on one rank (``TrainingMemory.peak`` of plain PyTorch,
+ZeRO-0) less what it holds across steps: the largest of forward and backward (the activations counted
+on the meta device + the loss head), the end of backward (every gradient, + one recomputed layer under
+checkpointing) and AdamW's step (the gradients + its temporaries). Printed: both and their ratio.
 """
 
 from __future__ import annotations
@@ -118,9 +118,28 @@ def _build_qlora(case: dict, config, device: torch.device):
     return model
 
 
+def training_memory(case: dict, config, cuda: bool):
+    """The plan's ``TrainingMemory`` of ``case`` on one rank (sdft's plain PyTorch step)."""
+    from sdft.config import load_config
+    from sdft.plan.plan import TrainingMemory
+    from sdft.plan.shape import model_shape
+
+    overrides = [f"model.dtype={case['dtype']}", f"train.method={case['method']}",
+                 f"train.micro_batch_size={case['rows']}", f"train.cutoff_len={case['seq']}",
+                 f"train.fused_loss={'on' if case['fused'] else 'off'}",
+                 f"train.gradient_checkpointing={str(case['ckpt']).lower()}",
+                 f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}",
+                 f"train.lora_dropout={LORA['lora_dropout']}", f"train.lora_targets=[{LORA['target_modules']}]"]
+    if case.get("objective") == "on_policy":
+        overrides += ["train.objective=on_policy", "train.on_policy.samples_per_prompt=1",
+                      f"train.on_policy.sampling.max_new_tokens={case['answer']}"]
+    cfg = load_config(HERE.parent / "examples" / "tiny.yaml", overrides)
+    return TrainingMemory(cfg, config, model_shape(config), 1, 1, cuda=cuda)
+
+
 def measure(case: dict) -> dict:
     """One case, in this process: (measured, predicted) bytes of one training step."""
-    from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
+    from sdft.plan.memory import ZeroSetting
     from sdft.train.objective import CausalLMLoss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,23 +188,14 @@ def measure(case: dict) -> dict:
         Path("/proc/self/clear_refs").write_text("5")
         step()
         measured = (_status_kib("VmHWM") - before) * 1024
-    dtype = getattr(torch, case["dtype"])
-    lora = LORA if case["method"] != "full" else None
-    qlora = case["method"] == "qlora"
-    counted = count_activations(config, dtype, case["rows"], case["seq"], lora, quantized=qlora)
-    acts = counted.saved(case["ckpt"])
-    width = 4 if qlora else torch.finfo(dtype).bits // 8  # QLoRA's prepared head is float32
-    head_trained = case["method"] == "full"
-    if on_policy:
-        head = divergence_head_bytes(rows * seq, rows * case["answer"], config.hidden_size, config.vocab_size, width,
-                                     case["fused"], head_trained, cuda=device.type == "cuda")
-    else:
-        head = loss_head_bytes(rows * seq, config.hidden_size, config.vocab_size, width, case["fused"], head_trained,
-                               cuda=device.type == "cuda")
+    memory = training_memory(case, config, cuda=device.type == "cuda")
+    plain = ZeroSetting(0)
+    acts = memory.activations(case["ckpt"])
+    head = memory.head()
     grads = sum(p.numel() * p.element_size() for p in params)
-    # The step allocates the gradients in backward as it frees the activations: the peak is at the end
-    # of forward, or with checkpointing near the end of backward (every gradient, one layer recomputed).
-    predicted = max(acts + head, grads + counted.per_layer if case["ckpt"] else 0)
+    # The plan's step peak above what stays between steps (weights and moments, measured in "before";
+    # on-policy's teacher copy too): its largest phase, forward and backward, the end of backward, AdamW.
+    predicted = memory.peak(plain, case["ckpt"]) - memory.phases(plain).held - memory.teacher()
     extra = {}
     if case["method"] == "qlora":  # the weights too: the 4-bit base, its float32 rest, the adapters
         from sdft.plan.memory import frozen_bytes
@@ -246,18 +256,15 @@ def h100_anchor() -> None:
     from transformers import LlamaConfig
     from workload import SHAPES
 
-    from sdft.plan.activations import count_activations, loss_head_bytes
-    from sdft.plan.shape import model_shape
+    from sdft.plan.memory import ZeroSetting
 
     config = LlamaConfig(max_position_embeddings=8192, **SHAPES["llama3.2-1b"])
-    shape = model_shape(config)
-    rows, seq = 8, 2048
-    acts = count_activations(config, torch.bfloat16, rows, seq).saved(False)
-    states = shape.total_params * 6
     for arm, measured in H100_TRAIN_STEP.items():
-        head = loss_head_bytes(rows * seq, shape.hidden_size, shape.vocab_size, 2, arm == "fused", True, cuda=True)
-        predicted = (states + acts + head) / 2**30
-        print(f"H100 train step, {arm} loss: states {states / 2**30:.2f} + activations {acts / 2**30:.2f} + head "
+        case = dict(dtype="bfloat16", method="full", rows=8, seq=2048, fused=arm == "fused", ckpt=False)
+        memory = training_memory(case, config, cuda=True)
+        held, acts, head = memory.phases(ZeroSetting(0)).held, memory.activations(False), memory.head()
+        predicted = memory.peak(ZeroSetting(0), False) / 2**30
+        print(f"H100 train step, {arm} loss: held {held / 2**30:.2f} + activations {acts / 2**30:.2f} + head "
               f"{head / 2**30:.2f} = {predicted:.2f} GiB predicted, {measured} measured: {predicted / measured:.3f}")
 
 

@@ -1,4 +1,5 @@
-"""``sdft plan``'s per-rank memory beside a real DeepSpeed step's, ZeRO 1-3 on 1 and 2 ranks (CPU, gloo).
+"""``sdft plan``'s per-rank memory beside a real step's: plain PyTorch (ZeRO-0, one rank) and DeepSpeed
+ZeRO 1-3 on 1 and 2 ranks (CPU, gloo).
 
     python benchmarks/plan_zero.py                  # every case (about 3 minutes on 2 cores)
     python benchmarks/plan_zero.py --cases zero2    # the cases whose name contains "zero2"
@@ -13,11 +14,15 @@ wrapper. Per rank, with glibc returning every block over 64 KiB to the system (`
 after a rehearsal of the whole case on a tiny model (so the code and the libraries' own buffers are
 resident before the baseline):
 
-- **states**: resident memory after two steps (gradients released) minus before the model was built,
-  beside the plan's model states per rank (DeepSpeed's accounting, ``sdft.plan.memory``);
+- **held**: resident memory after two steps (gradients released) minus before the model was built,
+  beside what the plan holds across steps (``StepMemory.held``: weights, master weights, moments);
 - **peak**: the peak resident memory during a third step (``VmHWM`` reset through
-  ``/proc/self/clear_refs``) minus the same baseline, beside the plan's step peak (states + activations
-  + loss head, no allocator headroom).
+  ``/proc/self/clear_refs``) minus the same baseline, beside the plan's step peak (held + the largest
+  phase: forward and backward, the end of backward, the optimizer step; no allocator headroom).
+
+``zero0-1rank`` is sdft's plain PyTorch training (``train.deepspeed`` empty: ``LocalBackend``, torch's
+AdamW on the bfloat16 weights; ``-adamw8bit``: bitsandbytes' 8-bit AdamW, ``train.optimizer=adamw_8bit``);
+the others run DeepSpeed's engine.
 
 The CPU has no CUDA context or caching allocator, so the plan's headroom is left out on both sides.
 """
@@ -36,36 +41,38 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-# ZeRO-0 is plain PyTorch in sdft (no DeepSpeed engine): plan_accuracy.py covers its step.
-CASES = [dict(name=f"zero{stage}-{world}rank", stage=stage, world=world) for world in (1, 2) for stage in (1, 2, 3)]
+CASES = [dict(name="zero0-1rank", stage=0, world=1), dict(name="zero0-1rank-adamw8bit", stage=0, world=1,
+                                                          optimizer="adamw_8bit")]
+CASES += [dict(name=f"zero{stage}-{world}rank", stage=stage, world=world) for world in (1, 2) for stage in (1, 2, 3)]
 ROWS, SEQ = 2, 512
 
 
-def _run_config(model_dir: Path, stage: int):
+def _run_config(model_dir: Path, stage: int, optimizer: str = "adamw"):
     from sdft.config import load_config
 
     return load_config(REPO / "examples" / "tiny.yaml",
                        [f"model.path={model_dir}", "model.dtype=bfloat16", "train.method=full",
                         f"train.micro_batch_size={ROWS}", "train.grad_accum=1", f"train.cutoff_len={SEQ}",
-                        f"train.deepspeed=zero{stage}", "train.fused_loss=on"])
+                        f"train.deepspeed={f'zero{stage}' if stage else ''}", "train.fused_loss=on",
+                        f"train.optimizer={optimizer}", "train.lr=1e-5", "train.weight_decay=0"])
 
 
-def predicted(model_dir: Path, stage: int, world: int) -> tuple[int, int]:
-    """The plan's (model states, step peak) bytes per rank."""
+def predicted(model_dir: Path, stage: int, world: int, optimizer: str) -> tuple[int, int]:
+    """The plan's (held across steps, step peak) bytes per rank."""
     import torch
 
     from sdft.plan.memory import ZeroSetting
     from sdft.plan.plan import TrainingMemory, load_model_config
     from sdft.plan.shape import model_shape
 
-    cfg = _run_config(model_dir, stage)
+    cfg = _run_config(model_dir, stage, optimizer)
     config = load_model_config(cfg)
     memory = TrainingMemory(cfg, config, model_shape(config), world, 1, cuda=torch.cuda.is_available())
     setting = ZeroSetting(stage)
-    return memory.states(setting).gpu, memory.peak(setting, checkpointing=False)
+    return memory.phases(setting).held, memory.peak(setting, checkpointing=False)
 
 
-def worker(model_dir: Path, stage: int) -> None:
+def worker(model_dir: Path, stage: int, optimizer: str) -> None:
     """One rank of a case: a rehearsal on a tiny model (so DeepSpeed's and torch's code paths, thread
     pools and import-time state are resident before the baseline), then the mid model: build, two steps,
     one measured step; rank 0 prints the JSON row."""
@@ -80,6 +87,8 @@ def worker(model_dir: Path, stage: int) -> None:
     from sdft.distributed import runtime
     from sdft.distributed.deepspeed import deepspeed_config
     from sdft.models.loading import cpu_sdpa_broken
+    from sdft.train.backends import LocalBackend
+    from sdft.train.model import build_optimizer
     from sdft.train.objective import CausalLMLoss
 
     cuda = torch.cuda.is_available()
@@ -87,9 +96,10 @@ def worker(model_dir: Path, stage: int) -> None:
     if cuda:
         torch.cuda.set_device(device)
     runtime.skip_deepspeed_shm_build()  # as sdft does
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = _run_config(model_dir, stage)
+    if stage:
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if stage else (0, 1)
+    cfg = _run_config(model_dir, stage, optimizer)
     attention = "eager" if not cuda and cpu_sdpa_broken() else "sdpa"
 
     def used() -> int:  # bytes this rank holds now: the CUDA allocator's, else resident memory
@@ -100,14 +110,22 @@ def worker(model_dir: Path, stage: int) -> None:
         torch.manual_seed(0)
         config = LlamaConfig(max_position_embeddings=4096, attn_implementation=attention, **dims)
         model = LlamaForCausalLM(config).to(device, torch.bfloat16).train()
-        ds = deepspeed_config(f"zero{stage}", "train.deepspeed", cfg, world, config.hidden_size)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        engine, _, _, _ = deepspeed.initialize(model=CausalLMLoss(model, fused=True), optimizer=opt, config=ds)
+        opt = build_optimizer(cfg.train, model.parameters())  # torch's AdamW unless the case names another
         ids = torch.randint(3, config.vocab_size, (ROWS, SEQ), generator=torch.Generator().manual_seed(rank)).to(device)
+        if stage:
+            ds = deepspeed_config(f"zero{stage}", "train.deepspeed", cfg, world, config.hidden_size)
+            engine, _, _, _ = deepspeed.initialize(model=CausalLMLoss(model, fused=True), optimizer=opt, config=ds)
 
-        def step():
-            engine.backward(engine(ids, ids.clone()))
-            engine.step()
+            def step():
+                engine.backward(engine(ids, ids.clone()))
+                engine.step()
+        else:  # sdft's plain PyTorch step: forward, backward, clipping, AdamW, gradients set to None
+            engine = LocalBackend(CausalLMLoss(model, fused=True), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1),
+                                  1.0, False, device)
+
+            def step():
+                engine.backward(engine.forward(dict(input_ids=ids, labels=ids.clone())), ids.numel())
+                engine.step()
 
         step()
         step()
@@ -119,14 +137,17 @@ def worker(model_dir: Path, stage: int) -> None:
             Path("/proc/self/clear_refs").write_text("5")
         step()
         peak = (torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024) - before
-        engine.destroy()
+        if stage:
+            engine.destroy()
         return states, peak
 
     run(dict(MID, num_hidden_layers=1, hidden_size=64, intermediate_size=128, vocab_size=512))
     gc.collect()
     states, peak = run(MID)
-    rows = [None] * world
-    dist.all_gather_object(rows, (states, peak))
+    rows = [(states, peak)]
+    if stage:
+        rows = [None] * world
+        dist.all_gather_object(rows, (states, peak))
     if rank == 0:
         print("ROW " + json.dumps({"states": [r[0] for r in rows], "peak": [r[1] for r in rows]}), flush=True)
 
@@ -134,10 +155,10 @@ def worker(model_dir: Path, stage: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="", help="run the cases whose name contains this")
-    p.add_argument("--worker", nargs=2, metavar=("MODEL_DIR", "STAGE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "STAGE", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(Path(args.worker[0]), int(args.worker[1]))
+        worker(Path(args.worker[0]), int(args.worker[1]), args.worker[2])
         return
     import torch
     from plan_accuracy import MID
@@ -146,7 +167,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
 
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    print("| case | plan states MiB | measured states MiB (per rank) | ratio | plan peak MiB | measured peak MiB | ratio |")
+    print("| case | plan held MiB | measured held MiB (per rank) | ratio | plan peak MiB | measured peak MiB | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +178,7 @@ def main() -> None:
                 continue
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={case['world']}",
                    "--standalone", __file__, "--worker", str(model_dir),
-                   str(case["stage"])]
+                   str(case["stage"]), case.get("optimizer", "adamw")]
             for _ in range(2):  # once more if it failed before its row (a rare gloo abort, cpu-stack.md)
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
                 # A row printed is a finished measurement, whatever happened at the processes' exit.
@@ -168,7 +189,7 @@ def main() -> None:
                 print(f"| {case['name']} | failed: {(out.stderr.strip().splitlines() or ['?'])[-1]} |", flush=True)
                 continue
             got = json.loads(rows[-1][4:])
-            states, peak = predicted(model_dir, case["stage"], case["world"])
+            states, peak = predicted(model_dir, case["stage"], case["world"], case.get("optimizer", "adamw"))
             ms, mp = max(got["states"]), max(got["peak"])
             ratios += [states / ms, peak / mp]
             per_rank = " / ".join(f"{x / 2**20:.0f}" for x in got["states"])

@@ -9,6 +9,10 @@ For full fine-tuning under ZeRO-2 and ZeRO-3 the figures equal DeepSpeed's own e
 (``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``), CPU side and its
 1.5x loading buffer included. LoRA and QLoRA add the frozen base, stored at its own width (QLoRA: 4-bit
 linear layers with their quantisation constants), replicated below ZeRO-3 and partitioned at ZeRO-3.
+
+A step's peak is what stays between steps plus its largest phase (``step_memory``): DeepSpeed's states
+less the gradients, which exist in backward and the optimizer step only; ZeRO-0 on one rank is sdft's
+plain PyTorch step, counted as what it holds.
 """
 
 from __future__ import annotations
@@ -99,18 +103,82 @@ def model_states(shape: ModelShape, method: str, trainable: int, weight_bytes: i
     return Bytes(states.gpu + frozen, states.cpu)
 
 
-ADAM_TEMPORARY = {True: 4, False: 8}
-"""Bytes per trained float32 parameter that torch's AdamW allocates for the length of its step, by
-device (``cuda``): the denominator ``sqrt(v) / c + eps`` (its foreach path on CUDA makes one float32
-temporary; its single-tensor path on the CPU two: measured, benchmarks/plan_zero.py)."""
+ADAM_TEMPORARY = {True: 1, False: 2}
+"""Temporaries torch's AdamW allocates for its step, in copies of the tensors it steps, by device
+(``cuda``): the denominator ``sqrt(v) / c + eps``, one copy of every tensor at once on CUDA (its foreach
+path), two copies of one tensor at a time on the CPU (its single-tensor path). DeepSpeed steps the rank's
+share as one flat float32 tensor (measured: 4 and 8 bytes a parameter, benchmarks/plan_zero.py); plain
+PyTorch steps each parameter at its own width."""
+LIVE_PARAMETERS = 10**9
+"""DeepSpeed's ``stage3_max_live_parameters`` and ``stage3_max_reuse_distance`` (the shipped configs keep
+the defaults): ZeRO-3 leaves a gathered parameter gathered when it is used again within this many
+parameters, as every one is in backward; measured on two ranks, the whole 42M-parameter model stayed
+gathered through forward and backward (benchmarks/plan_zero.py)."""
+PEFT_ADAPTER_BYTES = 4
+"""peft keeps LoRA adapters in float32 whatever the base's dtype (``autocast_adapter_dtype``)."""
 
 
-def optimizer_step_bytes(trainable: int, setting: ZeroSetting, world: int, cuda: bool = True) -> int:
-    """The optimizer step's temporaries on a rank: AdamW's over the rank's share of the trained
-    parameters (all of them at ZeRO-0), none on the GPU when the optimizer runs on the CPU (offload)."""
-    if setting.offload_optimizer:
-        return 0
-    return ADAM_TEMPORARY[cuda] * (trainable // world if setting.stage else trainable)
+@dataclass(frozen=True)
+class StepMemory:
+    """A training step's bytes on a rank, phase by phase, beside its activations and loss head."""
+
+    held: int
+    """Across steps: weights, master weights and optimizer moments (the gradients are freed)."""
+    backward: int
+    """Beside the activations in forward and backward: ZeRO's gradient buffers, ZeRO-3's gathered weights."""
+    step: int
+    """The optimizer step's own: the gradients it reads (float32 under DeepSpeed) and AdamW's temporaries."""
+    gradients: int
+    """At the end of backward, when the activations are freed (but one recomputed layer under gradient
+    checkpointing): the gradients, and ZeRO-3's gathered weights."""
+
+
+def plain_pytorch(setting: ZeroSetting, world: int) -> bool:
+    """Whether sdft trains without DeepSpeed: ZeRO-0 on one rank (``train.deepspeed`` empty)."""
+    return setting.stage == 0 and world == 1
+
+
+def step_memory(shape: ModelShape, method: str, trainable: int, weight_bytes: int, setting: ZeroSetting,
+                gpus_per_node: int, nodes: int = 1, cuda: bool = True, optimizer: str = "adamw") -> StepMemory:
+    """The phases of a training step on a rank for ``method`` with ``trainable`` parameters.
+
+    Plain PyTorch (one rank): ``optimizer`` (``train.optimizer``) on the trained weights at their own
+    width (the model's dtype; LoRA's float32 adapters), the gradients set to None after each step;
+    torch's AdamW keeps its moments at the weights' width, bitsandbytes' 8-bit ones a byte each (and
+    one float32 scale per block of 256), and updates in place, with no temporaries.
+    DeepSpeed (mixed precision, measured phase by phase with ``benchmarks/plan_zero.py``): between steps
+    the 16-bit weights (ZeRO-3: the rank's share, the largest module and the share's 16-bit gradients)
+    and the rank's share of the 32-bit master weights and moments; in backward ZeRO-1 fills every 16-bit
+    gradient, ZeRO-2 the share's in two buffers; the step makes the share's 32-bit gradients and AdamW's
+    temporaries. Offloaded optimizers step on the CPU; their GPU figures are DeepSpeed's estimators'.
+    """
+    world = gpus_per_node * nodes
+    frozen = frozen_bytes(shape, method, weight_bytes)
+    if plain_pytorch(setting, world):
+        width = weight_bytes if method == "full" else PEFT_ADAPTER_BYTES
+        grads = width * trainable
+        moments = int(trainable * (2 + 8 / 256)) if optimizer.endswith("8bit") else 2 * grads
+        stepped = trainable if cuda else min(shape.largest_layer_params, trainable)  # at once
+        temporaries = ADAM_TEMPORARY[cuda] * width * stepped if optimizer == "adamw" else 0
+        return StepMemory(held=grads + moments + frozen, backward=0, step=grads + temporaries, gradients=grads)
+    states = model_states(shape, method, trainable, weight_bytes, setting, gpus_per_node, nodes)
+    share = trainable // world if setting.stage else trainable
+    gathered = 0
+    if setting.stage == 3 and world > 1:
+        whole = frozen + 2 * trainable if method != "full" else 2 * trainable
+        gathered = whole * min(1.0, LIVE_PARAMETERS / shape.total_params)
+    if setting.offload_optimizer or setting.stage == 0:  # estimators' figures, gradients included
+        return StepMemory(held=states.gpu, backward=int(gathered),
+                          step=0 if setting.offload_optimizer else 4 * ADAM_TEMPORARY[cuda] * share,
+                          gradients=int(gathered))
+    # DeepSpeed's 18 bytes a parameter (ZeRO-3: 16 of the share's) count the 16-bit gradients and the
+    # 32-bit ones, which exist in backward and the step only.
+    gradient_states = {1: 2 * trainable + 4 * share, 2: 6 * share, 3: 2 * share}[setting.stage]
+    backward = {1: 2 * share, 2: 4 * share, 3: 0}[setting.stage]
+    # ZeRO-1's step makes the share's 32-bit gradients before it frees the 16-bit ones.
+    gradients = {1: 2 * trainable + 4 * share, 2: 4 * share, 3: 0}[setting.stage]
+    return StepMemory(held=states.gpu - gradient_states, backward=backward + int(gathered),
+                      step=4 * (1 + ADAM_TEMPORARY[cuda]) * share, gradients=gradients + int(gathered))
 
 
 def kv_cache_bytes(shape: ModelShape, slots: int, capacity: int, dtype_bytes: int) -> int:

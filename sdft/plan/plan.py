@@ -18,12 +18,15 @@ from sdft.models.builtin import resolve_model_path
 from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
 from sdft.plan.cards import Card
 from sdft.plan.memory import (
+    Bytes,
+    StepMemory,
     ZeroSetting,
     frozen_bytes,
     kv_cache_bytes,
     model_states,
-    optimizer_step_bytes,
+    plain_pytorch,
     prefill_bytes,
+    step_memory,
 )
 from sdft.plan.recommend import SHIPPED, Choice, cheapest
 from sdft.plan.shape import ModelShape, model_shape
@@ -116,21 +119,30 @@ class TrainingMemory:
         gathered = self.shape.total_params * self.width * (world - 1) // world if setting.stage == 3 else 0
         return kv + gathered
 
-    def states(self, setting: ZeroSetting):
-        return model_states(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
-                            self.gpus_per_node, self.nodes)
+    def states(self, setting: ZeroSetting) -> Bytes:
+        """Weights, gradients and optimizer states: DeepSpeed's accounting, or plain PyTorch's on one rank."""
+        ds = model_states(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
+                          self.gpus_per_node, self.nodes)
+        if plain_pytorch(setting, self.gpus_per_node * self.nodes):
+            phases = self.phases(setting)
+            return Bytes(phases.held + phases.gradients, ds.cpu)
+        return ds
 
-    def optimizer_step(self, setting: ZeroSetting) -> int:
-        """The optimizer step's temporaries on a rank (``memory.optimizer_step_bytes``)."""
-        return optimizer_step_bytes(self.trainable, setting, self.gpus_per_node * self.nodes, self.cuda)
+    def phases(self, setting: ZeroSetting) -> StepMemory:
+        """The step's memory phase by phase beside the activations (``memory.step_memory``)."""
+        return step_memory(self.shape, self.cfg.train.method, self.trainable, self.width, setting,
+                           self.gpus_per_node, self.nodes, self.cuda, self.cfg.train.optimizer)
 
     def peak(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
-        """Bytes allocated at the step's peak on a rank: the model states (and an on-policy teacher), then
-        the largest of the forward/backward (activations and loss head), the optimizer step's temporaries
-        and on-policy sampling (they come one after another)."""
-        step = self.activations(checkpointing, micro) + self.head(micro)
-        return (self.states(setting).gpu + self.teacher()
-                + max(step, self.optimizer_step(setting), self.sampling(setting)))
+        """Bytes allocated at the step's peak on a rank: what is held across steps (and an on-policy
+        teacher), then the largest of the phases that follow one another: forward and backward (the
+        activations, the loss head and ZeRO's buffers), the end of backward (the gradients, and one
+        recomputed layer under checkpointing), the optimizer step and on-policy sampling."""
+        m = self.phases(setting)
+        scale = (micro or self.cfg.train.micro_batch_size) / self.cfg.train.micro_batch_size
+        forward = self.activations(checkpointing, micro) + self.head(micro) + m.backward
+        end_of_backward = m.gradients + (int(self.acts.per_layer * scale) if checkpointing else 0)
+        return m.held + self.teacher() + max(forward, end_of_backward, m.step, self.sampling(setting))
 
     def supported(self, setting: ZeroSetting) -> bool:
         """False where sdft refuses the setting: on-policy training with a teacher copy under ZeRO-3."""
@@ -226,8 +238,9 @@ def render(report: dict) -> str:
     for r in report["zero"]:
         lines.append(f"  {r['setting']:<24}{r['states_gib']:>12.2f}{r['peak_gib']:>10.2f}{r['needed_gib']:>11.2f}"
                      f"{r['cpu_gib']:>14.2f}  {_fits(r)}")
-    lines += ["  (states: weights, gradients, Adam, DeepSpeed's accounting; peak: + activations + loss head, or the "
-              f"optimizer step's temporaries if larger; +headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
+    lines += ["  (states: weights, gradients, Adam; DeepSpeed's accounting, ZeRO-0 on one GPU plain PyTorch's; peak: "
+              "what stays between steps + the largest phase: forward and backward (activations, loss head, ZeRO's "
+              f"buffers) or the optimizer step; +headroom: x{1 + FRAGMENTATION:g} + {CONTEXT_GIB} GiB CUDA context)",
               "", "generation per rank (the longest prompt at its bound):",
               f"  {'stage':<10}{'slots':>6}{'tokens/slot':>13}{'weights GiB':>13}{'KV cache GiB':>14}"
               f"{'prefill GiB':>13}  fits  mode"]

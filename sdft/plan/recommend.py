@@ -1,7 +1,7 @@
 """The cheapest training setting that fits the card, as a DeepSpeed config and the overrides to use.
 
-ZeRO-0 on one GPU is sdft's plain PyTorch training (``train.deepspeed=`` empty; it holds no more than
-DeepSpeed's stage 0, whose accounting the plan uses); on several GPUs it needs a stage-0 DeepSpeed config.
+ZeRO-0 on one GPU is sdft's plain PyTorch training (``train.deepspeed=`` empty; the plan counts what it
+holds, ``memory.step_memory``); on several GPUs it needs a stage-0 DeepSpeed config.
 
 Candidates are tried cheapest first: no CPU offload before offload (the PCIe traffic costs more than
 anything else), the least ZeRO partitioning first (fewer collectives), gradient checkpointing off before

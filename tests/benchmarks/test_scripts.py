@@ -102,15 +102,17 @@ def test_plan_accuracy_benchmark_measures_a_step_and_prints_the_h100_anchor():
     assert "within +-15%: " in out and out.count("H100 train step") == 2
 
 
-@pytest.mark.distributed
-def test_plan_zero_benchmark_measures_each_rank_of_a_deepspeed_step():
-    _, out = _run("plan_zero.py", "--cases", "zero2-2rank")
-    row = next(line for line in out.splitlines() if line.startswith("| zero2-2rank"))
+@pytest.mark.parametrize("case, ranks", [pytest.param("zero2-2rank", 2, marks=pytest.mark.distributed),
+                                         ("zero0-1rank", 1)])
+def test_plan_zero_benchmark_measures_each_rank_of_a_step(case, ranks):
+    """A DeepSpeed case on two ranks, and sdft's plain PyTorch step on one."""
+    _, out = _run("plan_zero.py", "--cases", case)
+    row = next(line for line in out.splitlines() if line.startswith(f"| {case}"))
     cells = row.strip("| ").split(" | ")
-    plan_states, plan_peak = float(cells[1]), float(cells[4])
-    measured_states, measured_peak = ([float(x) for x in cells[i].split(" / ")] for i in (2, 5))
-    assert len(measured_states) == len(measured_peak) == 2  # one figure per rank
-    assert all(0 < s < p for s, p in zip(measured_states, measured_peak)) and 0 < plan_states < plan_peak
+    plan_held, plan_peak = float(cells[1]), float(cells[4])
+    measured_held, measured_peak = ([float(x) for x in cells[i].split(" / ")] for i in (2, 5))
+    assert len(measured_held) == len(measured_peak) == ranks  # one figure per rank
+    assert all(0 < s < p for s, p in zip(measured_held, measured_peak)) and 0 < plan_held < plan_peak
     assert float(cells[6]) == pytest.approx(plan_peak / max(measured_peak), abs=2e-3)
     assert "within +-15%: " in out
 

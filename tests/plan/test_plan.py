@@ -180,31 +180,82 @@ def test_distillation_in_zero3_mode_holds_a_share_and_what_it_gathers(tiny_model
         assert generation(cfg, shape, card("H100"), world=1)[0]["weights_gib"] * GIB == whole  # one rank: no partition
 
 
-def test_the_optimizer_steps_temporaries_set_the_peak_when_they_outgrow_the_activations(tiny_model_dir):
-    """AdamW's float32 denominator over the rank's share of the trained parameters comes after backward:
-    the peak is the states plus the larger of the two (never their sum); none with the optimizer offloaded."""
+def _memory(tiny_model_dir, overrides, gpus=2, cuda=True):
     from transformers import AutoConfig
 
     from sdft.config import load_config
-    from sdft.plan.memory import optimizer_step_bytes
     from sdft.plan.plan import TrainingMemory
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    shape = model_shape(config)
-    cfg = load_config(EXAMPLES / "tiny.yaml", [f"model.path={tiny_model_dir}", "train.method=full",
-                                               "train.micro_batch_size=1", "train.cutoff_len=8"])
-    for cuda, per_param in ((True, 4), (False, 8)):
-        mem = TrainingMemory(cfg, config, shape, 2, 1, cuda=cuda)
+    cfg = load_config(EXAMPLES / "tiny.yaml", [f"model.path={tiny_model_dir}", *overrides])
+    return TrainingMemory(cfg, config, model_shape(config), gpus, 1, cuda=cuda)
+
+
+def test_plain_pytorch_on_one_gpu_holds_weights_gradients_and_moments_at_the_trained_width(tiny_model_dir):
+    """ZeRO-0 on one GPU is sdft's plain PyTorch step (torch's AdamW, no float32 master copy): 4 copies of
+    the trained weights at their width; LoRA's adapters are float32 beside the base at its width. On two
+    GPUs ZeRO-0 is DeepSpeed's stage 0, counted as DeepSpeed does (20 bytes a parameter)."""
+    full = ["train.method=full", "model.dtype=bfloat16"]
+    one, two = _memory(tiny_model_dir, full, gpus=1), _memory(tiny_model_dir, full, gpus=2)
+    t = one.shape.total_params
+    assert one.states(ZeroSetting(0)).gpu == 4 * 2 * t
+    assert one.phases(ZeroSetting(0)).held == 3 * 2 * t  # the gradients are set to None after each step
+    assert two.states(ZeroSetting(0)).gpu == 20 * t
+    assert _memory(tiny_model_dir, ["train.method=full", "model.dtype=float32"], gpus=1).states(ZeroSetting(0)).gpu == 16 * t
+    lora = _memory(tiny_model_dir, ["train.method=lora", "model.dtype=bfloat16"], gpus=1)
+    assert lora.states(ZeroSetting(0)).gpu == 16 * lora.trainable + 2 * t
+
+
+def test_the_peak_is_what_stays_plus_the_largest_phase_never_their_sum(tiny_model_dir):
+    """8 tokens of a tiny model: AdamW's step outgrows the activations, so the peak is what stays between
+    steps plus the step's phase; 4 x 512 tokens: the activations set it. The CPU's AdamW steps one
+    parameter at a time (two temporaries of the largest), CUDA's all at once (one copy of each)."""
+    for cuda in (True, False):
+        small = _memory(tiny_model_dir, ["train.method=full", "train.micro_batch_size=1", "train.cutoff_len=8"], cuda=cuda)
+        large = _memory(tiny_model_dir, ["train.method=full", "train.micro_batch_size=4", "train.cutoff_len=512"],
+                        cuda=cuda)
         for setting in (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(3)):
-            share = shape.total_params // 2 if setting.stage else shape.total_params
-            assert mem.optimizer_step(setting) == optimizer_step_bytes(shape.total_params, setting, 2, cuda) \
-                == per_param * share
-            step = mem.activations(False) + mem.head()
-            assert mem.optimizer_step(setting) > step  # 8 tokens of a tiny model: the optimizer's step is larger
-            assert mem.peak(setting, False) == mem.states(setting).gpu + mem.optimizer_step(setting)
-        assert mem.optimizer_step(ZeroSetting(2, offload_optimizer=True)) == 0
-        offloaded = ZeroSetting(3, offload_optimizer=True)
-        assert mem.peak(offloaded, False) == mem.states(offloaded).gpu + step
+            m = small.phases(setting)
+            forward = small.activations(False) + small.head() + m.backward
+            assert m.step >= max(forward, m.gradients)
+            assert small.peak(setting, False) == m.held + m.step
+            m = large.phases(setting)
+            assert large.peak(setting, False) == m.held + large.activations(False) + large.head() + m.backward
+        assert small.phases(ZeroSetting(2, offload_optimizer=True)).step == 0  # the CPU steps
+    t, share = small.shape.total_params, small.shape.total_params // 2
+    plain = _memory(tiny_model_dir, ["train.method=full", "model.dtype=float32"], gpus=1, cuda=False)
+    assert plain.phases(ZeroSetting(0)).step == 4 * t + 2 * 4 * plain.shape.largest_layer_params
+    plain = _memory(tiny_model_dir, ["train.method=full", "model.dtype=float32"], gpus=1, cuda=True)
+    assert plain.phases(ZeroSetting(0)).step == 4 * t + 4 * t
+    assert small.phases(ZeroSetting(2)).step == 4 * (1 + 2) * share  # float32 gradients, two temporaries
+
+
+def test_zero1_holds_every_16_bit_gradient_at_the_end_of_backward(tmp_path):
+    """ZeRO-1 partitions the optimizer states but not the 16-bit gradients: on 64 GPUs its peak holds a
+    70B model's 131 GiB of them, where ZeRO-2's holds a 64th."""
+    from transformers import LlamaConfig
+
+    from sdft.config import load_config
+    from sdft.plan.memory import LIVE_PARAMETERS
+    from sdft.plan.plan import TrainingMemory
+
+    config = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=128256)
+    cfg = load_config(EXAMPLES / "tiny.yaml", ["model.dtype=bfloat16", "train.method=full", "train.micro_batch_size=1",
+                                               "train.cutoff_len=2048", "train.gradient_checkpointing=true"])
+    mem = TrainingMemory(cfg, config, model_shape(config), 8, 8)
+    t = mem.shape.total_params
+    assert mem.peak(ZeroSetting(1), True) >= mem.phases(ZeroSetting(1)).held + 2 * t
+    assert mem.peak(ZeroSetting(1), True) - mem.peak(ZeroSetting(2), True) > 0.95 * 2 * t  # less the activations ZeRO-2 peaks with
+    # ZeRO-3 keeps what it gathers for reuse in backward, at most DeepSpeed's live-parameter limit.
+    assert mem.phases(ZeroSetting(3)).backward == 2 * LIVE_PARAMETERS
+    assert mem.phases(ZeroSetting(3, offload_optimizer=True, offload_params=True)).backward == 2 * LIVE_PARAMETERS
+
+
+def test_zero3_on_one_rank_gathers_nothing_and_on_two_the_whole_small_model(tiny_model_dir):
+    one, two = _memory(tiny_model_dir, ["train.method=full"], gpus=1), _memory(tiny_model_dir, ["train.method=full"])
+    assert one.phases(ZeroSetting(3)).backward == 0
+    assert two.phases(ZeroSetting(3)).backward == 2 * two.shape.total_params
 
 
 def test_generation_counts_the_first_prefill_over_every_slot(tiny_model_dir):
