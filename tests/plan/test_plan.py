@@ -204,6 +204,9 @@ def test_plain_pytorch_on_one_gpu_holds_weights_gradients_and_moments_at_the_tra
     assert _memory(tiny_model_dir, ["train.method=full", "model.dtype=float32"], gpus=1).states(ZeroSetting(0)).gpu == 16 * t
     lora = _memory(tiny_model_dir, ["train.method=lora", "model.dtype=bfloat16"], gpus=1)
     assert lora.states(ZeroSetting(0)).gpu == 16 * lora.trainable + 2 * t
+    # bitsandbytes' 8-bit AdamW: a byte a moment and a float32 scale a block of 256; it updates in place.
+    eight = _memory(tiny_model_dir, [*full, "train.optimizer=adamw_8bit"], gpus=1).phases(ZeroSetting(0))
+    assert eight.held == 2 * t + int(t * (2 + 8 / 256)) and eight.step == eight.gradients == 2 * t
 
 
 def test_the_peak_is_what_stays_plus_the_largest_phase_never_their_sum(tiny_model_dir):
