@@ -17,8 +17,9 @@ minus its resident memory before, with glibc returning every block over 64 KiB t
 (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the count.
 Predicted: ``sdft plan``'s own figure for the step on one rank (``TrainingMemory.peak`` of plain PyTorch,
 ZeRO-0) less what it holds across steps: the largest of forward and backward (the activations counted
-on the meta device + the loss head), the end of backward (every gradient, + one recomputed layer under
-checkpointing) and AdamW's step (the gradients + its temporaries). Printed: both and their ratio.
+on the meta device + the loss head, or backward's own peak traced there), the end of backward (every
+gradient, + one recomputed layer under checkpointing) and AdamW's step (the gradients + its
+temporaries). Printed: both and their ratio.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def measure(case: dict) -> dict:
 
         weights = frozen_bytes(model_shape(config), "qlora", 2) + grads  # adapters: float32, like their grads
         extra = {"weights_predicted_mib": weights / 2**20, "weights_measured_mib": case["weights_measured"] / 2**20}
-    return {**extra, "case": case["name"], "activations_mib": acts / 2**20, "head_mib": head / 2**20, "grads_mib": grads / 2**20,
+    return {**extra, "case": case["name"], "activations_mib": acts / 2**20, "head_mib": head / 2**20,
+            "backward_mib": memory.backward_peak(case["ckpt"]) / 2**20, "grads_mib": grads / 2**20,
             "predicted_mib": predicted / 2**20, "measured_mib": measured / 2**20, "ratio": predicted / measured}
 
 
@@ -263,9 +265,11 @@ def h100_anchor() -> None:
         case = dict(dtype="bfloat16", method="full", rows=8, seq=2048, fused=arm == "fused", ckpt=False)
         memory = training_memory(case, config, cuda=True)
         held, acts, head = memory.phases(ZeroSetting(0)).held, memory.activations(False), memory.head()
+        backward = memory.backward_peak(False)
         predicted = memory.peak(ZeroSetting(0), False) / 2**30
-        print(f"H100 train step, {arm} loss: held {held / 2**30:.2f} + activations {acts / 2**30:.2f} + head "
-              f"{head / 2**30:.2f} = {predicted:.2f} GiB predicted, {measured} measured: {predicted / measured:.3f}")
+        print(f"H100 train step, {arm} loss: held {held / 2**30:.2f} + the larger of activations {acts / 2**30:.2f} "
+              f"+ head {head / 2**30:.2f} and backward's peak {backward / 2**30:.2f} = {predicted:.2f} GiB predicted, "
+              f"{measured} measured: {predicted / measured:.3f}")
 
 
 def main() -> None:
@@ -290,8 +294,9 @@ def main() -> None:
     if args.generation:
         generation(env)
         return
-    print("| case | activations MiB | head MiB | grads MiB | predicted MiB | measured MiB | predicted / measured |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| case | activations MiB | head MiB | backward peak MiB | grads MiB | predicted MiB | measured MiB | "
+          "predicted / measured |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     ratios, weights = [], []
     for case in CASES + (GPU_CASES if torch.cuda.is_available() else []):
         if args.cases not in case["name"]:
@@ -303,7 +308,8 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         ratios.append(r["ratio"])
-        print(f"| {r['case']} | {r['activations_mib']:.1f} | {r['head_mib']:.1f} | {r['grads_mib']:.1f} | "
+        print(f"| {r['case']} | {r['activations_mib']:.1f} | {r['head_mib']:.1f} | {r['backward_mib']:.1f} | "
+              f"{r['grads_mib']:.1f} | "
               f"{r['predicted_mib']:.1f} | {r['measured_mib']:.1f} | {r['ratio']:.3f} |", flush=True)
         if "weights_measured_mib" in r:
             weights.append(r)

@@ -6,9 +6,10 @@
 # packing benchmarks at their issue's shapes. generation (about 5 minutes): the engine's CUDA tests
 # (eager and CUDA graphs), then the engine, eager and with CUDA graphs, against `generate` (dynamic and
 # static cache) on the 1.24B Llama shape at batch 64, 128 and 256, and on long-tailed answer lengths
-# (the quickstart's rewrites, a lognormal) at batch 128. plan (about 3 minutes): sdft plan's training-step
+# (the quickstart's rewrites, a lognormal) at batch 128. plan (about 5 minutes): sdft plan's training-step
 # memory against the CUDA allocator's peak of real steps (benchmarks/plan_accuracy.py, with the
-# Llama-3.2-1B shape on the GPU; a case that cannot run prints its error in its row). pipeline (about 3
+# Llama-3.2-1B shape on the GPU; a case that cannot run prints its error in its row), then whole steps
+# phase by phase: plain PyTorch and ZeRO 1-3 on one GPU (benchmarks/plan_zero.py). pipeline (about 3
 # minutes, 71 s on 2 CPU cores): `sdft run examples/tiny.yaml` on the GPU as it is, with ZeRO-3 (training
 # and distillation) on one GPU under torchrun, with QLoRA (bitsandbytes 4-bit, 8-bit AdamW) and with the
 # on-policy objective; then one row per run (benchmarks/pipeline_summary.py: the card, each stage
@@ -48,6 +49,7 @@ step 150 python3 benchmarks/generation.py --shape llama3.2-1b --batch 128 --prom
 fi
 if [[ " $sections " == *" plan "* ]]; then
 step 300 python3 benchmarks/plan_accuracy.py
+step 240 python3 benchmarks/plan_zero.py
 fi
 if [[ " $sections " == *" pipeline "* ]]; then
 # From /tmp, so that the installed sdft runs (at the repository root the source tree would shadow it).

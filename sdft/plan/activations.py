@@ -13,15 +13,26 @@ probabilities; training on a GPU runs flash or memory-efficient attention, which
 its log-sum-exp only. Planning runs the model with ``sdft_plan`` attention, an autograd function
 that saves exactly that (query, key, value, output, float32 log-sum-exp), the set PyTorch's CPU flash
 kernel saves too (``tests/plan/test_activations.py`` compares the count with a real CPU forward).
+
+Backward can hold more than forward left: each layer's backward makes gradients of its activations
+beside them (LoRA's float32 branch makes float32 ones), and under gradient checkpointing a layer is
+recomputed while its gradients are made. So the same models also run forward and backward on the meta
+device under ``_LiveBytes``, a dispatch mode that follows every tensor operators make until it is freed,
+and the peak is taken (with checkpointing on and off; the weights' gradients are dropped as they come,
+the plan counts them apart). A real CPU step traced by the C library's allocator agrees within a few
+percent (``tests/plan/test_activations.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,19 @@ class Activations:
     layer_input: int
     """One layer's input [rows, T, H]: what gradient checkpointing keeps per layer."""
     layers: int
+    backward_two: int = 0
+    """The two-layer model's peak from the end of forward through backward (gradients of the weights
+    left out), without checkpointing."""
+    backward_per_layer: int = 0
+    checkpointed_two: int = 0
+    """The same with (non-reentrant) gradient checkpointing."""
+    checkpointed_per_layer: int = 0
+
+    def backward_peak(self, checkpointing: bool) -> int:
+        """The most that forward and backward hold at once, the gradient of the decoder's output included."""
+        if checkpointing:
+            return self.checkpointed_two + (self.layers - 2) * self.checkpointed_per_layer
+        return self.backward_two + (self.layers - 2) * self.backward_per_layer
 
     def saved(self, checkpointing: bool) -> int:
         """Held at the end of forward: every layer's saved tensors, or with (non-reentrant) gradient
@@ -56,8 +80,10 @@ class _FlashLikeAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # pragma: no cover - planning never runs backward
-        raise RuntimeError("sdft_plan attention is for counting memory only")
+    def backward(ctx, grad):
+        query, key, value, _, _ = ctx.saved_tensors
+        torch.empty_like(query, dtype=torch.float32)  # flash's float32 accumulator of the query's gradient
+        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 def _plan_attention(module, query, key, value, attention_mask, **kwargs):
@@ -101,6 +127,83 @@ def saved_tensor_bytes(model, rows: int, seq: int) -> tuple[int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         hidden = decoder(input_ids=ids).last_hidden_state
     return sum(saved.values()), hidden.numel() * hidden.element_size()
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors operators make while it is active, alive now and at their peak. A storage
+    counts once, from the operator that made it until the last tensor on it (views too) is freed; views
+    of storages made before (weights, inputs) count nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._tensors: dict[int, int] = {}  # storage -> tensors alive on it
+
+    def _release(self, storage: int, nbytes: int) -> None:
+        self._tensors[storage] -= 1
+        if not self._tensors[storage]:
+            del self._tensors[storage]
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        for i, t in enumerate(tree_leaves(out)):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage._cdata, storage.nbytes()
+            if key not in self._tensors:
+                if i < len(returns) and returns[i].alias_info is not None:
+                    continue  # a view or in-place result on a storage made before
+                self._tensors[key] = 0
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self._tensors[key] += 1
+            weakref.finalize(t, self._release, key, nbytes)
+        return out
+
+
+def backward_peak_bytes(model, rows: int, seq: int, checkpointing: bool) -> int:
+    """The most ``model``'s decoder holds at once over a [rows, seq] batch, from its forward through its
+    backward (from the output's gradient on), leaving out the weights and their gradients, which are
+    dropped as they are made. The input embeddings are frozen meanwhile: their [vocab, H] gradient,
+    made last, would set the peak of a shallow model and not of a deep one, which the difference between
+    two and three layers must not mix (the plan counts it with the gradients)."""
+    embeddings = [p for p in model.get_input_embeddings().parameters() if p.requires_grad]
+    for p in embeddings:
+        p.requires_grad_(False)
+    if checkpointing:
+        _set_checkpointing(model, True)
+        if hasattr(model, "get_base_model"):
+            model.enable_input_require_grads()  # peft: the frozen embeddings' output must carry gradients
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+             for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    ids = torch.zeros(rows, seq, dtype=torch.long, device=device)
+    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    try:
+        with _LiveBytes() as live:
+            hidden = decoder(input_ids=ids).last_hidden_state
+            hidden.backward(torch.empty_like(hidden))
+            del hidden
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in embeddings:
+            p.requires_grad_(True)
+        if checkpointing:
+            _set_checkpointing(model, False)
+    return live.peak
+
+
+def _set_checkpointing(model, on: bool) -> None:
+    with warnings.catch_warnings():  # transformers renames the methods; training calls them by these names too
+        warnings.simplefilter("ignore", FutureWarning)
+        if on:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
 
 
 def _as_prepared_4bit(model, dtype: torch.dtype) -> None:
@@ -162,10 +265,15 @@ def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dic
         quantized: QLoRA's 4-bit base (``_as_prepared_4bit``), ``dtype`` its compute dtype.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    two, layer_input = saved_tensor_bytes(plan_model(_with_layers(config, 2), dtype, lora, quantized=quantized),
-                                          rows, seq)
-    three, _ = saved_tensor_bytes(plan_model(_with_layers(config, 3), dtype, lora, quantized=quantized), rows, seq)
-    return Activations(two_layers=two, per_layer=three - two, layer_input=layer_input, layers=text.num_hidden_layers)
+    counts = {}
+    for n in (2, 3):
+        model = plan_model(_with_layers(config, n), dtype, lora, quantized=quantized)
+        saved, layer_input = saved_tensor_bytes(model, rows, seq)
+        counts[n] = (saved, backward_peak_bytes(model, rows, seq, False), backward_peak_bytes(model, rows, seq, True))
+    (two, back_two, ckpt_two), (three, back_three, ckpt_three) = counts[2], counts[3]
+    return Activations(two_layers=two, per_layer=three - two, layer_input=layer_input, layers=text.num_hidden_layers,
+                       backward_two=back_two, backward_per_layer=back_three - back_two,
+                       checkpointed_two=ckpt_two, checkpointed_per_layer=ckpt_three - ckpt_two)
 
 
 def loss_head_bytes(tokens: int, hidden: int, vocab: int, dtype_bytes: int, fused: bool, head_trained: bool,

@@ -211,19 +211,25 @@ def test_plain_pytorch_on_one_gpu_holds_weights_gradients_and_moments_at_the_tra
 
 def test_the_peak_is_what_stays_plus_the_largest_phase_never_their_sum(tiny_model_dir):
     """8 tokens of a tiny model: AdamW's step outgrows the activations, so the peak is what stays between
-    steps plus the step's phase; 4 x 512 tokens: the activations set it. The CPU's AdamW steps one
+    steps plus the step's phase; 4 x 512 tokens: forward and backward set it. The CPU's AdamW steps one
     parameter at a time (two temporaries of the largest), CUDA's all at once (one copy of each)."""
     for cuda in (True, False):
         small = _memory(tiny_model_dir, ["train.method=full", "train.micro_batch_size=1", "train.cutoff_len=8"], cuda=cuda)
-        large = _memory(tiny_model_dir, ["train.method=full", "train.micro_batch_size=4", "train.cutoff_len=512"],
-                        cuda=cuda)
+        large = {head: _memory(tiny_model_dir, ["train.method=full", "train.micro_batch_size=4", "train.cutoff_len=512",
+                                                f"train.fused_loss={head}"], cuda=cuda) for head in ("on", "off")}
         for setting in (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(3)):
             m = small.phases(setting)
-            forward = small.activations(False) + small.head() + m.backward
+            forward = max(small.activations(False) + small.head(), small.backward_peak(False)) + m.backward
             assert m.step >= max(forward, m.gradients)
             assert small.peak(setting, False) == m.held + m.step
-            m = large.phases(setting)
-            assert large.peak(setting, False) == m.held + large.activations(False) + large.head() + m.backward
+            # Backward holds more than forward saved (each layer's gradients beside its activations): it
+            # sets the peak beside the fused loss's small head, not beside the full logits, freed first.
+            fused, plain = large["on"], large["off"]
+            m = fused.phases(setting)
+            assert fused.activations(False) + fused.head() < fused.backward_peak(False)
+            assert fused.peak(setting, False) == m.held + fused.backward_peak(False) + m.backward
+            assert plain.activations(False) + plain.head() > plain.backward_peak(False) == fused.backward_peak(False)
+            assert plain.peak(setting, False) == m.held + plain.activations(False) + plain.head() + m.backward
         assert small.phases(ZeroSetting(2, offload_optimizer=True)).step == 0  # the CPU steps
     t, share = small.shape.total_params, small.shape.total_params // 2
     plain = _memory(tiny_model_dir, ["train.method=full", "model.dtype=float32"], gpus=1, cuda=False)
