@@ -221,7 +221,8 @@ def measure_generation(slots: int) -> dict:
 
     from sdft.config.schema import SamplingConfig
     from sdft.models.engine import ContinuousEngine
-    from sdft.plan.memory import kv_cache_bytes, prefill_bytes
+    from sdft.plan.activations import prefill_bytes
+    from sdft.plan.memory import kv_cache_bytes
     from sdft.plan.shape import model_shape
 
     class Tok:  # token ids only; no end token is ever drawn (it is not in the vocabulary's range used)
@@ -243,7 +244,7 @@ def measure_generation(slots: int) -> dict:
         pass
     measured = (_status_kib("VmHWM") - before) * 1024
     shape = model_shape(config)
-    kv, prefill = kv_cache_bytes(shape, slots, PROMPT + NEW, 2), prefill_bytes(shape, slots, PROMPT, 2)
+    kv, prefill = kv_cache_bytes(shape, slots, PROMPT + NEW, 2), prefill_bytes(config, torch.bfloat16, slots, PROMPT)
     return {"case": f"generate-{slots}-slots", "kv_mib": kv / 2**20, "prefill_mib": prefill / 2**20,
             "measured_mib": measured / 2**20, "ratio": (kv + prefill) / measured}
 

@@ -276,6 +276,24 @@ def count_activations(config, dtype: torch.dtype, rows: int, seq: int, lora: dic
                        checkpointed_two=ckpt_two, checkpointed_per_layer=ckpt_three - ckpt_two)
 
 
+def prefill_bytes(config, dtype: torch.dtype, rows: int, tokens: int) -> int:
+    """The most the generation engine's first prefill holds beside its KV cache and the weights: the
+    model's forward without gradients over [rows, tokens] (logits for the last position only, as the
+    engine asks), traced under ``_LiveBytes`` on the meta device with the flash-like attention (no
+    [tokens, tokens] scores). Without gradients a layer's tensors are freed before the next layer's, so
+    the peak is one layer's largest live set beside the residual stream, the embeddings and the rotary
+    tables; taken from two and three layers like the activations, in case a model keeps more per layer."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    peaks = []
+    for n in (2, 3):
+        model = plan_model(_with_layers(config, n), dtype, None).eval()
+        ids = torch.zeros(rows, tokens, dtype=torch.long, device="meta")
+        with torch.no_grad(), _LiveBytes() as live:
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        peaks.append(live.peak)
+    return peaks[0] + (text.num_hidden_layers - 2) * (peaks[1] - peaks[0])
+
+
 def loss_head_bytes(tokens: int, hidden: int, vocab: int, dtype_bytes: int, fused: bool, head_trained: bool,
                     cuda: bool = True) -> int:
     """The loss head's peak beyond the activations, for ``tokens`` positions of one micro-batch.

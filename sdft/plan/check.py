@@ -47,7 +47,7 @@ def shortfalls(cfg: RunConfig, config, memory_bytes: int, gpus_per_node: int, no
                        f"checkpointing {'on' if t.gradient_checkpointing else 'off'} needs {need / GIB:.1f} GiB per GPU, "
                        f"the card has {have:.1f} GiB ({need / GIB - have:.1f} GiB short); {hint}")
     card = Card("this GPU", have)
-    for g in generation(cfg, shape, card, gpus_per_node * nodes):
+    for g in generation(cfg, config, shape, card, gpus_per_node * nodes):
         if g["stage"] in generates and not g["fits"]:
             option = "distill.batch_size" if g["stage"] == "distill" else "eval.batch_size"
             out.append(f"{g['stage']}: the weights ({g['weights_gib']:.1f} GiB), the KV cache of {g['slots']} slots "

@@ -185,12 +185,3 @@ def kv_cache_bytes(shape: ModelShape, slots: int, capacity: int, dtype_bytes: in
     """The generation engine's KV cache (``models/engine.py``), allocated once: per layer, K and V of
     [slots, kv_heads, capacity, head_dim], capacity = the longest prompt + the new tokens."""
     return shape.num_layers * 2 * slots * shape.num_kv_heads * capacity * shape.head_dim * dtype_bytes
-
-
-def prefill_bytes(shape: ModelShape, rows: int, tokens: int, dtype_bytes: int) -> int:
-    """The generation engine's first prefill, beside its KV cache: one forward over every slot's prompt
-    (``rows`` x ``tokens``, the prompt at its bound), whose largest live set is one layer's MLP, three
-    [rows, tokens, intermediate] tensors, with two of the residual stream [rows, tokens, hidden] (flash
-    attention keeps no [tokens, tokens] scores)."""
-    widest = max(o for n, (_, o) in shape.linear_params.items() if not n.endswith("lm_head"))
-    return rows * tokens * (3 * widest + 2 * shape.hidden_size) * dtype_bytes

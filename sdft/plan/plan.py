@@ -15,7 +15,7 @@ import torch
 
 from sdft.config.schema import RunConfig
 from sdft.models.builtin import resolve_model_path
-from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes
+from sdft.plan.activations import count_activations, divergence_head_bytes, loss_head_bytes, prefill_bytes
 from sdft.plan.cards import Card
 from sdft.plan.memory import (
     Bytes,
@@ -25,7 +25,6 @@ from sdft.plan.memory import (
     kv_cache_bytes,
     model_states,
     plain_pytorch,
-    prefill_bytes,
     step_memory,
 )
 from sdft.plan.recommend import SHIPPED, Choice, cheapest
@@ -190,7 +189,7 @@ def plan(cfg: RunConfig, config, gpu: Card, gpus_per_node: int, nodes: int = 1, 
                          "fused_loss": mem.fused, "loss_head_gib": mem.head() / GIB,
                          "teacher_gib": mem.teacher() / GIB, "sampling_gib": mem.sampling(ZeroSetting(2)) / GIB,
                          "samples_per_prompt": mem.samples, "on_policy": mem.on_policy},
-            "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, shape, gpu, world),
+            "zero": rows, "recommendation": _choice_dict(choice), "generation": generation(cfg, config, shape, gpu, world),
             "time": timing}
 
 
@@ -203,9 +202,10 @@ def _choice_dict(choice: Choice | None) -> dict | None:
             "overrides": choice.overrides(), **asdict(choice.setting)}
 
 
-def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> list[dict]:
+def generation(cfg: RunConfig, config, shape: ModelShape, gpu: Card, world: int = 1) -> list[dict]:
     """Distillation and evaluation on one rank: the weights at ``generation.dtype``, the engine's KV
-    cache for its slots and its first prefill over all of them, the longest prompt taken at its bound
+    cache for its slots and its first prefill over all of them (``activations.prefill_bytes``, traced for
+    the transformers ``config``), the longest prompt taken at its bound
     (``distill.cutoff_len``; for evaluation ``train.cutoff_len``, as the data is not read). Replica mode
     holds the whole model on each rank; distillation in ``distill.mode=zero3`` on several ranks holds
     its share of the weights plus what it gathers: the whole model once per batch
@@ -224,7 +224,7 @@ def generation(cfg: RunConfig, shape: ModelShape, gpu: Card, world: int = 1) -> 
             weights = shape.total_params * width // world + gathered
             mode = "zero3, whole model gathered" if d.zero3_gather else "zero3, a module at a time"
         kv = kv_cache_bytes(shape, slots, prompt + new, width)
-        prefill = prefill_bytes(shape, slots, prompt, width)
+        prefill = prefill_bytes(config, getattr(torch, cfg.generation_dtype), slots, prompt)
         out.append({"stage": stage, "mode": mode, "slots": slots, "capacity": prompt + new, "weights_gib": weights / GIB,
                     "kv_cache_gib": kv / GIB, "prefill_gib": prefill / GIB,
                     "fits": needed_bytes(weights + kv + prefill) <= gpu.memory_gib * GIB})

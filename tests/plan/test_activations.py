@@ -169,3 +169,30 @@ def test_the_meta_backward_peak_is_what_a_real_cpu_step_allocates(dtype, lora, c
             backward_peak_bytes(real, rows, seq, checkpointing)
         measured = mode.peak - before
     assert 0.9 * measured <= planned <= measured
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_meta_prefill_is_what_a_real_cpu_prefill_allocates(dtype):
+    """The engine's first prefill (no gradients, logits of the last position only) on the CPU, the same
+    stand-in attention, its peak from glibc's count: the meta trace is 90-100% of it."""
+    import gc
+    import platform
+
+    from sdft.plan.activations import prefill_bytes
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallinfo2 is glibc's")
+    rows, tokens = 8, 256
+    planned = prefill_bytes(_config("llama", 3), dtype, rows, tokens)
+    malloc = _MallocPeak()
+    for _ in range(2):  # the first run also allocates the kernels' one-time state
+        real = plan_model(_config("llama", 3), dtype, None, device="cpu", attention="sdft_plan").eval()
+        ids = torch.zeros(rows, tokens, dtype=torch.long)
+        gc.collect()
+        before, mode = malloc.used(), malloc.mode()
+        mode.peak = 0
+        with torch.no_grad(), mode():
+            real(input_ids=ids, use_cache=False, logits_to_keep=1)
+        measured = mode.peak - before
+    assert 0.9 * measured <= planned <= measured
