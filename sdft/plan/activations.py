@@ -1,4 +1,5 @@
-"""Training activations and the loss head's memory, counted on the meta device.
+"""Training activations, backward's peak, the generation engine's prefill and the loss head's memory,
+counted on the meta device.
 
 What a training step holds between forward and backward is what autograd saves. Rather than a formula
 per architecture (RMSNorm's float32 copies, SwiGLU's four [tokens, intermediate] tensors, LoRA's dropout
@@ -37,7 +38,8 @@ from torch.utils._pytree import tree_leaves
 
 @dataclass(frozen=True)
 class Activations:
-    """Bytes autograd saves for one micro-batch: ``two_layers + (layers - 2) x per_layer``."""
+    """Bytes autograd saves for one micro-batch, ``two_layers + (layers - 2) x per_layer``, and the most
+    its forward and backward hold at once, extrapolated from two and three layers the same way."""
 
     two_layers: int
     """The model cut to two layers: its embeddings, final norm and first two layers."""
@@ -46,13 +48,13 @@ class Activations:
     layer_input: int
     """One layer's input [rows, T, H]: what gradient checkpointing keeps per layer."""
     layers: int
-    backward_two: int = 0
+    backward_two: int
     """The two-layer model's peak from the end of forward through backward (gradients of the weights
     left out), without checkpointing."""
-    backward_per_layer: int = 0
-    checkpointed_two: int = 0
+    backward_per_layer: int
+    checkpointed_two: int
     """The same with (non-reentrant) gradient checkpointing."""
-    checkpointed_per_layer: int = 0
+    checkpointed_per_layer: int
 
     def backward_peak(self, checkpointing: bool) -> int:
         """The most that forward and backward hold at once, the gradient of the decoder's output included."""
