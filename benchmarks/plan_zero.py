@@ -87,7 +87,7 @@ def worker(model_dir: Path, stage: int, optimizer: str) -> None:
     from sdft.distributed import runtime
     from sdft.distributed.deepspeed import deepspeed_config
     from sdft.models.loading import cpu_sdpa_broken
-    from sdft.train.backends import LocalBackend
+    from sdft.train.backends import build_backend
     from sdft.train.model import build_optimizer
     from sdft.train.objective import CausalLMLoss
 
@@ -112,20 +112,14 @@ def worker(model_dir: Path, stage: int, optimizer: str) -> None:
         model = LlamaForCausalLM(config).to(device, torch.bfloat16).train()
         opt = build_optimizer(cfg.train, model.parameters())  # torch's AdamW unless the case names another
         ids = torch.randint(3, config.vocab_size, (ROWS, SEQ), generator=torch.Generator().manual_seed(rank)).to(device)
-        if stage:
-            ds = deepspeed_config(f"zero{stage}", "train.deepspeed", cfg, world, config.hidden_size)
-            engine, _, _, _ = deepspeed.initialize(model=CausalLMLoss(model, fused=True), optimizer=opt, config=ds)
+        ds = deepspeed_config(f"zero{stage}", "train.deepspeed", cfg, world, config.hidden_size) if stage else None
+        # sdft's own backends: plain PyTorch (clipping, AdamW, gradients set to None) or the DeepSpeed engine.
+        backend = build_backend(CausalLMLoss(model, fused=True), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1),
+                                ds, 1.0, False, device)
 
-            def step():
-                engine.backward(engine(ids, ids.clone()))
-                engine.step()
-        else:  # sdft's plain PyTorch step: forward, backward, clipping, AdamW, gradients set to None
-            engine = LocalBackend(CausalLMLoss(model, fused=True), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1),
-                                  1.0, False, device)
-
-            def step():
-                engine.backward(engine.forward(dict(input_ids=ids, labels=ids.clone())), ids.numel())
-                engine.step()
+        def step():
+            backend.backward(backend.forward(dict(input_ids=ids, labels=ids.clone())), ids.numel())
+            backend.step()
 
         step()
         step()
@@ -138,7 +132,7 @@ def worker(model_dir: Path, stage: int, optimizer: str) -> None:
         step()
         peak = (torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024) - before
         if stage:
-            engine.destroy()
+            backend.engine.destroy()
         return states, peak
 
     run(dict(MID, num_hidden_layers=1, hidden_size=64, intermediate_size=128, vocab_size=512))

@@ -166,19 +166,18 @@ def step_memory(shape: ModelShape, method: str, trainable: int, weight_bytes: in
     gathered = 0
     if setting.stage == 3 and world > 1:
         whole = frozen + 2 * trainable if method != "full" else 2 * trainable
-        gathered = whole * min(1.0, LIVE_PARAMETERS / shape.total_params)
+        gathered = int(whole * min(1.0, LIVE_PARAMETERS / shape.total_params))
     if setting.offload_optimizer or setting.stage == 0:  # estimators' figures, gradients included
-        return StepMemory(held=states.gpu, backward=int(gathered),
-                          step=0 if setting.offload_optimizer else 4 * ADAM_TEMPORARY[cuda] * share,
-                          gradients=int(gathered))
+        return StepMemory(held=states.gpu, backward=gathered,
+                          step=0 if setting.offload_optimizer else 4 * ADAM_TEMPORARY[cuda] * share, gradients=gathered)
     # DeepSpeed's 18 bytes a parameter (ZeRO-3: 16 of the share's) count the 16-bit gradients and the
     # 32-bit ones, which exist in backward and the step only.
     gradient_states = {1: 2 * trainable + 4 * share, 2: 6 * share, 3: 2 * share}[setting.stage]
     backward = {1: 2 * share, 2: 4 * share, 3: 0}[setting.stage]
     # ZeRO-1's step makes the share's 32-bit gradients before it frees the 16-bit ones.
     gradients = {1: 2 * trainable + 4 * share, 2: 4 * share, 3: 0}[setting.stage]
-    return StepMemory(held=states.gpu - gradient_states, backward=backward + int(gathered),
-                      step=4 * (1 + ADAM_TEMPORARY[cuda]) * share, gradients=gradients + int(gathered))
+    return StepMemory(held=states.gpu - gradient_states, backward=backward + gathered,
+                      step=4 * (1 + ADAM_TEMPORARY[cuda]) * share, gradients=gradients + gathered)
 
 
 def kv_cache_bytes(shape: ModelShape, slots: int, capacity: int, dtype_bytes: int) -> int:

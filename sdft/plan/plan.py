@@ -84,14 +84,17 @@ class TrainingMemory:
         self.head_width = 4 if t.method == "qlora" else self.width
         self.fused = t.fused_loss == "on" or (t.fused_loss == "auto" and shape.fused_loss_blocker is None)
 
-    def activations(self, checkpointing: bool, micro: int | None = None) -> int:
+    def _per_micro(self, counted: int, micro: int | None) -> int:
+        """Bytes counted for the configured micro-batch, for ``micro`` rows instead (they scale with rows)."""
         configured = self.cfg.train.micro_batch_size
-        return self.acts.saved(checkpointing) * (micro or configured) // configured
+        return counted * (micro or configured) // configured
+
+    def activations(self, checkpointing: bool, micro: int | None = None) -> int:
+        return self._per_micro(self.acts.saved(checkpointing), micro)
 
     def backward_peak(self, checkpointing: bool, micro: int | None = None) -> int:
         """The most the decoder's forward and backward hold at once (``Activations.backward_peak``)."""
-        configured = self.cfg.train.micro_batch_size
-        return self.acts.backward_peak(checkpointing) * (micro or configured) // configured
+        return self._per_micro(self.acts.backward_peak(checkpointing), micro)
 
     def head(self, micro: int | None = None) -> int:
         t = self.cfg.train
@@ -140,15 +143,15 @@ class TrainingMemory:
     def peak(self, setting: ZeroSetting, checkpointing: bool, micro: int | None = None) -> int:
         """Bytes allocated at the step's peak on a rank: what is held across steps (and an on-policy
         teacher), then the largest of the phases that follow one another: forward and backward (the
-        activations with the loss head, or backward's own peak, and ZeRO's buffers), the end of backward (the gradients, and one
-        recomputed layer under checkpointing), the optimizer step and on-policy sampling."""
+        activations with the loss head, or backward's own peak, and ZeRO's buffers), the end of backward
+        (the gradients, and one recomputed layer under checkpointing), the optimizer step and on-policy
+        sampling."""
         m = self.phases(setting)
-        scale = (micro or self.cfg.train.micro_batch_size) / self.cfg.train.micro_batch_size
         # The loss head's peak comes at the end of forward; backward then frees it as it makes the
         # layers' gradients (and under checkpointing recomputes each layer).
         forward = max(self.activations(checkpointing, micro) + self.head(micro),
                       self.backward_peak(checkpointing, micro)) + m.backward
-        end_of_backward = m.gradients + (int(self.acts.per_layer * scale) if checkpointing else 0)
+        end_of_backward = m.gradients + (self._per_micro(self.acts.per_layer, micro) if checkpointing else 0)
         return m.held + self.teacher() + max(forward, end_of_backward, m.step, self.sampling(setting))
 
     def supported(self, setting: ZeroSetting) -> bool:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from sdft.distributed.deepspeed import load_ds_config
-from sdft.plan.memory import ZeroSetting
+from sdft.plan.memory import ZeroSetting, plain_pytorch
 
 _ON_GPU = (ZeroSetting(0), ZeroSetting(1), ZeroSetting(2), ZeroSetting(3))
 _OFFLOAD = (ZeroSetting(2, offload_optimizer=True), ZeroSetting(3, offload_optimizer=True),
@@ -39,7 +39,7 @@ class Choice:
 
     @property
     def plain_pytorch(self) -> bool:
-        return self.setting.stage == 0 and self.world == 1
+        return plain_pytorch(self.setting, self.world)
 
     def overrides(self, ds_path: str | None = None) -> list[str]:
         """The ``key=value`` overrides that select this setting (``ds_path``: where its config was written,
